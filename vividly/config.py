@@ -1,0 +1,90 @@
+"""Settings for every Vividly process, read from ``VIVIDLY_*`` environment variables.
+
+Nothing here does I/O at import time: a :class:`Settings` is built in ``main()`` and
+passed down. ``DATABASE_URL`` is honoured as well as ``VIVIDLY_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The six stages, in pipeline order.
+STAGES: tuple[str, ...] = (
+    "validation",
+    "rag_retrieval",
+    "script_generation",
+    "video_generation",
+    "video_processing",
+    "notification",
+)
+
+TRACKING_TOPIC = "tracking.events"
+DLQ_TOPIC = "requests.dlq"
+
+#: Stage topics: each stage service consumes one and produces the next.
+STAGE_TOPICS: tuple[str, ...] = (
+    "requests.submitted",
+    "requests.validated",
+    "requests.retrieved",
+    "requests.scripted",
+    "requests.rendered",
+)
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the SDK, the services and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="VIVIDLY_", extra="ignore")
+
+    # --- Kafka -----------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated."
+    )
+    topic_partitions: int = Field(default=6, ge=1, description="Partitions per topic on create.")
+    replication_factor: int = Field(default=1, ge=1)
+    session_timeout_ms: int = Field(
+        default=6000, ge=1000, description="Consumer session timeout (Tansu joins take ~half)."
+    )
+    producer_linger_ms: float = Field(default=5.0, ge=0)
+    producer_compression: str = Field(default="lz4")
+    producer_queue_max_messages: int = Field(default=500_000, ge=1000)
+    delivery_timeout_ms: int = Field(default=30_000, ge=1000)
+
+    # --- the consumer loop -------------------------------------------------------------
+    max_in_flight: int = Field(default=64, ge=1, description="Messages handled at once.")
+    handler_max_attempts: int = Field(
+        default=3, ge=1, description="Tries for a handler raising a RetryableError."
+    )
+    handler_retry_backoff_s: float = Field(default=0.2, ge=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    commit_interval_s: float = Field(default=0.5, gt=0)
+
+    # --- tracker -----------------------------------------------------------------------
+    producer_name: str = Field(default="vividly", description="Service name put on events.")
+    max_payload_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Limit for output/event/error JSON data."
+    )
+
+    # --- Postgres ----------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("VIVIDLY_DATABASE_URL", "DATABASE_URL")
+    )
+
+    # --- the embedded local stack ------------------------------------------------------
+    home: Path = Field(default=Path(".vividly"), description="Where the local stack keeps state.")
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    pg_port: int = Field(default=5433, ge=1, le=65535)
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    # --- logging -----------------------------------------------------------------------
+    log_level: str = Field(default="INFO")
+
+    def local_database_url(self) -> str:
+        """The URL of the embedded Postgres started by ``vividly up``."""
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+
+    def effective_database_url(self) -> str:
+        return self.database_url or self.local_database_url()

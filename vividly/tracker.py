@@ -1,0 +1,547 @@
+"""RequestTracker: the integration guide's API, publishing immutable events to Kafka.
+
+Every call builds one :class:`~vividly.events.Envelope` and hands it to a
+:class:`~vividly.publish.Publisher` keyed by ``request_id``, so one request's events
+stay in order. Publishing only enqueues (librdkafka's buffer), so the calls are cheap
+and safe to make from asyncio code as well as from threads.
+
+Bad calls fail fast, before anything is published: :class:`UnknownStageError`,
+:class:`UnknownSeverityError`, :class:`PayloadError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import orjson
+import uuid_utils
+
+from vividly.config import STAGES, TRACKING_TOPIC, Settings
+from vividly.events import (
+    ENVELOPE_TYPE,
+    H_CORRELATION,
+    H_EVENT_TYPE,
+    H_TRACEPARENT,
+    H_TYPE,
+    SCHEMA_VERSION,
+    SEVERITIES,
+    Envelope,
+    RequestSpec,
+    WorkItem,
+    new_event_id,
+    traceparent_for,
+)
+from vividly.publish import FlushReport, Publisher
+
+__all__ = [
+    "STAGES",
+    "PayloadError",
+    "ReadSideUnavailable",
+    "RequestContext",
+    "RequestTracker",
+    "StatusReader",
+    "TrackerError",
+    "UnknownSeverityError",
+    "UnknownStageError",
+    "current_request",
+]
+
+_STAGE_SET = frozenset(STAGES)
+_ENVELOPE_TYPE_B = ENVELOPE_TYPE.encode()
+_SCHEMA_B = str(SCHEMA_VERSION).encode()
+#: Namespace for request ids derived from an idempotency key.
+_IDEMPOTENCY_NS = uuid_utils.UUID("5b0f7c4e-8f0a-4c1e-9a57-6d3c1f1f7a10")
+
+
+class TrackerError(ValueError):
+    """A tracker call was given something it cannot publish."""
+
+
+class UnknownStageError(TrackerError):
+    def __init__(self, stage: object) -> None:
+        super().__init__(f"unknown stage {stage!r}; the stages are: {', '.join(STAGES)}")
+
+
+class UnknownSeverityError(TrackerError):
+    def __init__(self, severity: object) -> None:
+        super().__init__(f"unknown severity {severity!r}; use one of: {', '.join(SEVERITIES)}")
+
+
+class PayloadError(TrackerError):
+    """Output/event/error data that is not a JSON object, not serialisable, or too large."""
+
+
+class ReadSideUnavailable(RuntimeError):
+    """get_request_status / retry_stage need the read model; none was given."""
+
+
+class StatusReader(Protocol):
+    """The read side the tracker asks for status and retries (monitoring API / read model)."""
+
+    def get_request_status(self, request_id: str) -> dict[str, Any] | None: ...
+
+    def retry_stage(self, request_id: str, stage: str, requested_by: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """The request a piece of code is working on: set by the consumer loop per message."""
+
+    request_id: str
+    correlation_id: str
+    traceparent: str = ""
+    attempt: int = 1
+    work_item: WorkItem | None = None
+
+
+#: The request being handled in the current task/thread, if any.
+current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "vividly_current_request", default=None
+)
+
+
+class RequestTracker:
+    """Publishes the lifecycle of requests as events on ``tracking.events``.
+
+    ``publisher`` is a :class:`~vividly.publish.KafkaPublisher` in services and a
+    :class:`~vividly.testing.FakePublisher` in unit tests. ``producer`` names the
+    service on every event. ``status_reader`` backs :meth:`get_request_status` and
+    :meth:`retry_stage`.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        producer: str = "vividly",
+        topic: str = TRACKING_TOPIC,
+        max_payload_bytes: int = 64 * 1024,
+        status_reader: StatusReader | None = None,
+        correlation_cache_size: int = 100_000,
+    ) -> None:
+        self.publisher = publisher
+        self.producer = producer
+        self.topic = topic
+        self.max_payload_bytes = max_payload_bytes
+        self.status_reader = status_reader
+        self._correlations: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._correlation_cache_size = correlation_cache_size
+        self._stage_starts: dict[tuple[str, str], float] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, publisher: Publisher, status_reader: StatusReader | None = None
+    ) -> RequestTracker:
+        return cls(
+            publisher,
+            producer=settings.producer_name,
+            max_payload_bytes=settings.max_payload_bytes,
+            status_reader=status_reader,
+        )
+
+    # ------------------------------------------------------------------ request lifecycle
+    def create_request(
+        self,
+        student_id: str,
+        topic: str,
+        learning_objective: str,
+        grade_level: str,
+        duration_minutes: int,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        organization_id: str = "",
+        idempotency_key: str | None = None,
+        student_email: str = "",
+    ) -> tuple[str, str]:
+        """Record a new request; returns ``(request_id, correlation_id)``.
+
+        With an ``idempotency_key`` both ids are derived from (organization, student,
+        key), so submitting the same key twice yields the same request, and the read
+        model folds the second RequestCreated into the first.
+        """
+        metadata_json = self._json(metadata, "metadata")
+        if idempotency_key:
+            seed = f"{organization_id}\x1f{student_id}\x1f{idempotency_key}"
+            request_id = str(uuid_utils.uuid5(_IDEMPOTENCY_NS, seed))
+            correlation_id = str(uuid_utils.uuid5(_IDEMPOTENCY_NS, "corr\x1f" + seed))
+        else:
+            request_id = str(uuid_utils.uuid7())
+            correlation_id = str(uuid_utils.uuid4())
+        self.bind(request_id, correlation_id)
+        env = self._envelope(request_id)
+        env.request_created.request.CopyFrom(
+            RequestSpec(
+                student_id=student_id,
+                organization_id=organization_id,
+                topic=topic,
+                learning_objective=learning_objective,
+                grade_level=str(grade_level),
+                duration_minutes=int(duration_minutes),
+                metadata_json=metadata_json,
+                idempotency_key=idempotency_key or "",
+                student_email=student_email,
+            )
+        )
+        self._send(env, "request_created")
+        return request_id, correlation_id
+
+    def start_request(self, request_id: str) -> None:
+        env = self._envelope(request_id)
+        env.request_started.SetInParent()
+        self._send(env, "request_started")
+
+    def complete_request(
+        self,
+        request_id: str,
+        video_url: str = "",
+        script_text: str = "",
+        thumbnail_url: str = "",
+    ) -> None:
+        env = self._envelope(request_id)
+        ev = env.request_completed
+        ev.video_url = video_url or ""
+        ev.script_text = script_text or ""
+        ev.thumbnail_url = thumbnail_url or ""
+        ev.SetInParent()
+        self._send(env, "request_completed")
+
+    def fail_request(
+        self,
+        request_id: str,
+        error_message: str,
+        error_stage: str | None = None,
+        error_details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the request as failed. ``error_stage`` may be ``None``/"unknown" when
+        the failure happened outside any stage; otherwise it must be a stage name."""
+        if error_stage not in (None, "", "unknown"):
+            self._check_stage(error_stage)
+        details = self._json(error_details, "error_details")
+        env = self._envelope(request_id)
+        ev = env.request_failed
+        ev.error_message = error_message
+        ev.error_stage = error_stage or ""
+        ev.error_details_json = details
+        ev.SetInParent()
+        self._send(env, "request_failed")
+
+    # ------------------------------------------------------------------ stages
+    def start_stage(self, request_id: str, stage_name: str, *, attempt: int | None = None) -> None:
+        self._check_stage(stage_name)
+        env = self._envelope(request_id)
+        ev = env.stage_started
+        ev.stage = stage_name
+        ev.attempt = attempt or self._attempt(request_id)
+        self._stage_starts[(request_id, stage_name)] = time.perf_counter()
+        self._send(env, "stage_started")
+
+    def complete_stage(
+        self,
+        request_id: str,
+        stage_name: str,
+        output_data: Mapping[str, Any] | None = None,
+        *,
+        duration_ms: float | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Record the stage as done. Duration defaults to the time since this tracker's
+        ``start_stage`` for the same request and stage (0 when it did not see one)."""
+        self._check_stage(stage_name)
+        output = self._json(output_data, "output_data")
+        env = self._envelope(request_id)
+        ev = env.stage_completed
+        ev.stage = stage_name
+        ev.attempt = attempt or self._attempt(request_id)
+        ev.output_json = output
+        ev.duration_ms = self._duration(request_id, stage_name, duration_ms)
+        self._send(env, "stage_completed")
+
+    def fail_stage(
+        self,
+        request_id: str,
+        stage_name: str,
+        error_message: str,
+        error_details: Mapping[str, Any] | None = None,
+        is_retryable: bool = False,
+        *,
+        duration_ms: float | None = None,
+        attempt: int | None = None,
+        work_item: WorkItem | None = None,
+    ) -> None:
+        """Record the stage as failed. The stage's input WorkItem (``work_item``, or the
+        one the consumer loop is handling) travels in the event so a retry needs only
+        the log."""
+        self._check_stage(stage_name)
+        details = self._json(error_details, "error_details")
+        env = self._envelope(request_id)
+        ev = env.stage_failed
+        ev.stage = stage_name
+        ev.attempt = attempt or self._attempt(request_id)
+        ev.error_message = error_message
+        ev.error_details_json = details
+        ev.is_retryable = bool(is_retryable)
+        ev.duration_ms = self._duration(request_id, stage_name, duration_ms)
+        item = work_item
+        if item is None:
+            ctx = current_request.get()
+            if ctx is not None and ctx.request_id == request_id:
+                item = ctx.work_item
+        if item is not None:
+            ev.input.CopyFrom(item)
+        self._send(env, "stage_failed")
+
+    def schedule_retry(
+        self, request_id: str, stage_name: str, attempt: int, due_at: float, reason: str
+    ) -> None:
+        """Record that ``stage_name`` will run again as ``attempt`` at ``due_at`` (epoch s)."""
+        self._check_stage(stage_name)
+        env = self._envelope(request_id)
+        ev = env.stage_retry_scheduled
+        ev.stage = stage_name
+        ev.attempt = attempt
+        ev.due_at.FromNanoseconds(int(due_at * 1e9))
+        ev.reason = reason
+        self._send(env, "stage_retry_scheduled")
+
+    def track_stage(
+        self,
+        request_id: str,
+        stage_name: str,
+        *,
+        is_retryable: bool | None = None,
+        attempt: int | None = None,
+    ) -> StageSpan:
+        """Context manager (``with`` or ``async with``) around one stage.
+
+        Publishes StageStarted on entry; StageCompleted with the duration and whatever
+        was put in ``span.output`` on a clean exit; on an exception, StageFailed with
+        the exception type, message and traceback in ``error_details``, then re-raises.
+        ``is_retryable`` defaults to the exception's own ``is_retryable`` attribute, or
+        True for timeouts and connection errors.
+        """
+        self._check_stage(stage_name)
+        return StageSpan(self, request_id, stage_name, is_retryable, attempt)
+
+    # ------------------------------------------------------------------ free-form events
+    def log_event(
+        self,
+        request_id: str,
+        event_type: str,
+        message: str,
+        stage_name: str | None = None,
+        severity: str = "info",
+        event_data: Mapping[str, Any] | None = None,
+    ) -> None:
+        sev = SEVERITIES.get(severity)
+        if sev is None:
+            raise UnknownSeverityError(severity)
+        if stage_name is not None and stage_name not in _STAGE_SET:
+            raise UnknownStageError(stage_name)
+        data = self._json(event_data, "event_data")
+        env = self._envelope(request_id)
+        ev = env.event_logged
+        ev.event_type = event_type
+        ev.message = message
+        if stage_name:
+            ev.stage = stage_name
+        ev.severity = sev  # type: ignore[assignment]
+        if data:
+            ev.event_data_json = data
+        self._send(env, "event_logged")
+
+    # ------------------------------------------------------------------ read side
+    def get_request_status(self, request_id: str) -> dict[str, Any]:
+        """The request's current state from the read model (status, current_stage,
+        topic, error_stage, …). Raises KeyError for an unknown request."""
+        reader = self._reader()
+        status = reader.get_request_status(request_id)
+        if status is None:
+            raise KeyError(f"unknown request {request_id}")
+        return status
+
+    def retry_stage(self, request_id: str, stage_name: str, requested_by: str = "sdk") -> bool:
+        """Re-run ``stage_name`` of a failed request from the work item kept in its
+        StageFailed event. False when the stage's retry budget is spent."""
+        self._check_stage(stage_name)
+        return self._reader().retry_stage(request_id, stage_name, requested_by)
+
+    # ------------------------------------------------------------------ plumbing
+    def bind(self, request_id: str, correlation_id: str) -> None:
+        """Remember a request's correlation id so later calls carry it."""
+        cache = self._correlations
+        cache[request_id] = correlation_id
+        if len(cache) > self._correlation_cache_size:
+            cache.popitem(last=False)
+
+    def flush(self, timeout: float = 30.0) -> FlushReport:
+        """Wait for queued events to be delivered; the report says what was not."""
+        return self.publisher.flush(timeout)
+
+    async def aflush(self, timeout: float = 30.0) -> FlushReport:
+        import asyncio
+
+        return await asyncio.to_thread(self.publisher.flush, timeout)
+
+    def _reader(self) -> StatusReader:
+        if self.status_reader is None:
+            raise ReadSideUnavailable(
+                "this tracker has no read side: pass status_reader= (the monitoring API "
+                "client or the read-model reader) to use get_request_status/retry_stage"
+            )
+        return self.status_reader
+
+    def _correlation(self, request_id: str) -> tuple[str, str]:
+        ctx = current_request.get()
+        if ctx is not None and ctx.request_id == request_id:
+            return ctx.correlation_id, ctx.traceparent
+        corr = self._correlations.get(request_id, "")
+        return corr, ""
+
+    def _attempt(self, request_id: str) -> int:
+        ctx = current_request.get()
+        if ctx is not None and ctx.request_id == request_id:
+            return ctx.attempt
+        return 1
+
+    def _duration(self, request_id: str, stage: str, given: float | None) -> float:
+        started = self._stage_starts.pop((request_id, stage), None)
+        if given is not None:
+            return float(given)
+        if started is None:
+            return 0.0
+        return (time.perf_counter() - started) * 1000.0
+
+    def _check_stage(self, stage: str) -> None:
+        if stage not in _STAGE_SET:
+            raise UnknownStageError(stage)
+
+    def _json(self, data: Mapping[str, Any] | None, what: str) -> bytes:
+        if data is None:
+            return b""
+        if not isinstance(data, Mapping):
+            raise PayloadError(f"{what} must be a mapping (JSON object), got {type(data).__name__}")
+        try:
+            raw = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
+        if len(raw) > self.max_payload_bytes:
+            raise PayloadError(
+                f"{what} is {len(raw)} bytes as JSON; the limit is {self.max_payload_bytes}"
+            )
+        return raw
+
+    def _envelope(self, request_id: str) -> Envelope:
+        if not request_id:
+            raise TrackerError("request_id is required")
+        env = Envelope()
+        env.event_id = new_event_id()
+        env.request_id = request_id
+        env.occurred_at.FromNanoseconds(time.time_ns())
+        env.producer = self.producer
+        env.schema_version = SCHEMA_VERSION
+        return env
+
+    def _send(self, env: Envelope, kind: str) -> None:
+        correlation_id, parent = self._correlation(env.request_id)
+        env.correlation_id = correlation_id
+        headers = [
+            (H_TYPE, _ENVELOPE_TYPE_B),
+            (H_EVENT_TYPE, kind.encode()),
+            ("vividly-schema-version", _SCHEMA_B),
+        ]
+        if correlation_id:
+            headers.append((H_CORRELATION, correlation_id.encode()))
+            headers.append((H_TRACEPARENT, _child_traceparent(parent, correlation_id).encode()))
+        self.publisher.publish(
+            self.topic, env.request_id.encode(), env.SerializeToString(), headers
+        )
+
+
+def _child_traceparent(parent: str, correlation_id: str) -> str:
+    """A new span under ``parent``'s trace, or under the correlation id's trace."""
+    if len(parent) == 55 and parent[2] == "-":
+        from vividly.events import new_span_id
+
+        return f"{parent[:36]}{new_span_id()}{parent[52:]}"
+    return traceparent_for(correlation_id)
+
+
+class StageSpan:
+    """What ``track_stage`` returns. Put results in ``output`` to have them recorded."""
+
+    __slots__ = ("_attempt", "_retryable", "_stage", "_started", "_tracker", "output", "request_id")
+
+    def __init__(
+        self,
+        tracker: RequestTracker,
+        request_id: str,
+        stage: str,
+        is_retryable: bool | None,
+        attempt: int | None,
+    ) -> None:
+        self._tracker = tracker
+        self.request_id = request_id
+        self._stage = stage
+        self._retryable = is_retryable
+        self._attempt = attempt
+        self._started = 0.0
+        self.output: dict[str, Any] = {}
+
+    def __enter__(self) -> StageSpan:
+        self._tracker.start_stage(self.request_id, self._stage, attempt=self._attempt)
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        duration_ms = (time.perf_counter() - self._started) * 1000.0
+        if exc is None:
+            self._tracker.complete_stage(
+                self.request_id,
+                self._stage,
+                output_data=self.output or None,
+                duration_ms=duration_ms,
+                attempt=self._attempt,
+            )
+            return
+        retryable = self._retryable
+        if retryable is None:
+            flag = getattr(exc, "is_retryable", None)
+            retryable = (
+                bool(flag) if flag is not None else isinstance(exc, TimeoutError | ConnectionError)
+            )
+        self._tracker.fail_stage(
+            self.request_id,
+            self._stage,
+            error_message=str(exc) or type(exc).__name__,
+            error_details={
+                "exception_type": type(exc).__name__,
+                # The tail of a traceback is where the failure is; keep it under the limit.
+                "traceback": "".join(traceback.format_exception(exc_type, exc, tb))[-16_000:],
+            },
+            is_retryable=retryable,
+            duration_ms=duration_ms,
+            attempt=self._attempt,
+        )
+
+    async def __aenter__(self) -> StageSpan:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
