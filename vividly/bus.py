@@ -211,6 +211,7 @@ class ConsumerLoop:
         )
         conf = consumer_config(settings, group_id, name)
         conf.update(extra_consumer_config or {})
+        conf["logger"] = logging.getLogger("librdkafka")
         self._consumer_conf = conf
         self.stats = LoopStats()
         self._partitions: dict[tuple[str, int], _PartitionState] = {}

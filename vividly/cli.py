@@ -120,16 +120,21 @@ def _up_detached(home: Path, settings: Settings) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vividly.cli", "up"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "VIVIDLY_HOME": str(home)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "VIVIDLY_HOME": str(home)},
         )
     state = StackState(home)
     deadline = time.monotonic() + READY_TIMEOUT_S
     with console.status("starting the local stack…"):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                err.print(f"[red]The stack failed to start[/] (exit {proc.returncode}); "
-                          f"last lines of {log}:")
+                err.print(
+                    f"[red]The stack failed to start[/] (exit {proc.returncode}); "
+                    f"last lines of {log}:"
+                )
                 err.print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
                 return 1
             data = state.read()
@@ -153,8 +158,11 @@ def _up_foreground(state: StackState, settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     components: list[Any] = []
     info: dict[str, Any] = {
-        "supervisor_pid": os.getpid(), "home": str(home), "status": "starting",
-        "started_at": time.time(), "processes": {},
+        "supervisor_pid": os.getpid(),
+        "home": str(home),
+        "status": "starting",
+        "started_at": time.time(),
+        "processes": {},
     }
     state.write(info)
     code = 0
@@ -164,13 +172,15 @@ def _up_foreground(state: StackState, settings: Settings) -> int:
         with console.status("starting Postgres…"):
             components.append(pg)
             pg_proc = pg.start()
-        info["processes"]["postgres"] = {"pid": pg_proc.pid, "url": pg.url,
-                                         "log": str(pg_proc.log)}
+        info["processes"]["postgres"] = {"pid": pg_proc.pid, "url": pg.url, "log": str(pg_proc.log)}
         with console.status("starting the Kafka broker (Tansu)…"):
             components.append(broker)
             kafka_proc = broker.start()
-        info["processes"]["kafka"] = {"pid": kafka_proc.pid, "url": broker.bootstrap,
-                                      "log": str(kafka_proc.log)}
+        info["processes"]["kafka"] = {
+            "pid": kafka_proc.pid,
+            "url": broker.bootstrap,
+            "log": str(kafka_proc.log),
+        }
         topic_settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         with console.status("creating topics…"):
             ensure_topics(topic_settings, stack_topics(settings))
@@ -185,8 +195,10 @@ def _up_foreground(state: StackState, settings: Settings) -> int:
         while not stop.wait(0.5):
             for c in components:
                 if c.managed is not None and c.managed.proc.poll() is not None:
-                    err.print(f"[red]{c.managed.name} exited[/] (code {c.managed.proc.returncode});"
-                              f" see {c.managed.log}. Stopping the stack.")
+                    err.print(
+                        f"[red]{c.managed.name} exited[/] (code {c.managed.proc.returncode});"
+                        f" see {c.managed.log}. Stopping the stack."
+                    )
                     code = 1
                     stop.set()
     except StackError as exc:
@@ -255,8 +267,12 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
     table.add_column("log", overflow="fold")
     for name, proc in data.get("processes", {}).items():
         alive = proc.get("alive", True)
-        table.add_row(name if alive else f"{name} [red](dead)[/]", str(proc["pid"]),
-                      proc["url"], proc.get("log", ""))
+        table.add_row(
+            name if alive else f"{name} [red](dead)[/]",
+            str(proc["pid"]),
+            proc["url"],
+            proc.get("log", ""),
+        )
     console.print(table)
     kafka = data.get("processes", {}).get("kafka", {}).get("url")
     pg = data.get("processes", {}).get("postgres", {}).get("url")

@@ -150,6 +150,7 @@ class KafkaPublisher:
         conf = producer_config(settings, client_id)
         conf.update(extra_config or {})
         conf["error_cb"] = self._on_error
+        conf["logger"] = logging.getLogger("librdkafka")
         self._producer = Producer(conf)
         self._queue_full_wait_s = queue_full_wait_s
         self._lock = threading.Lock()

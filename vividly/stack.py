@@ -48,13 +48,15 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path,
-                  timeout: float = 60.0) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[Any], what: str, log: Path, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StackError(f"{what} exited with code {proc.returncode}; see {log}:\n"
-                             + _tail(log))
+            raise StackError(
+                f"{what} exited with code {proc.returncode}; see {log}:\n" + _tail(log)
+            )
         if port_in_use(port):
             return
         time.sleep(0.05)
@@ -128,8 +130,9 @@ def _spawn(cmd: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     out: IO[bytes] = open(log, "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, **kwargs)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs
+        )
     finally:
         out.close()
 
@@ -156,13 +159,25 @@ class TansuBroker:
 
     def start(self, timeout: float = 30.0) -> Managed:
         if port_in_use(self.port):
-            raise StackError(f"port {self.port} for the Kafka broker is taken; "
-                             "set VIVIDLY_KAFKA_PORT to another port")
+            raise StackError(
+                f"port {self.port} for the Kafka broker is taken; "
+                "set VIVIDLY_KAFKA_PORT to another port"
+            )
         log = self.workdir / "tansu.log"
         url = f"tcp://127.0.0.1:{self.port}"
-        proc = _spawn([str(self.binary()), "broker", "--listener-url", url,
-                       "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                      log)
+        proc = _spawn(
+            [
+                str(self.binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            log,
+        )
         wait_for_port(self.port, proc, "Tansu broker", log, timeout)
         self.managed = Managed("kafka (tansu)", proc, self.bootstrap, log)
         return self.managed
@@ -225,9 +240,16 @@ class ApacheKafkaBroker:
         voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
         cid = new_cluster_id()
         return [
-            cls(workdir / f"node{i + 1}", port=p, controller_port=c, node_id=i + 1,
-                voters=voters, cluster_id=cid, replication=min(size, 3),
-                extra={"min.insync.replicas": str(min(2, size))})
+            cls(
+                workdir / f"node{i + 1}",
+                port=p,
+                controller_port=c,
+                node_id=i + 1,
+                voters=voters,
+                cluster_id=cid,
+                replication=min(size, 3),
+                extra={"min.insync.replicas": str(min(2, size))},
+            )
             for i, (p, c) in enumerate(ports)
         ]
 
@@ -251,7 +273,7 @@ class ApacheKafkaBroker:
             "node.id": str(self.node_id),
             "controller.quorum.voters": self.voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -270,7 +292,8 @@ class ApacheKafkaBroker:
         conf = self.workdir / "server.properties"
         conf.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(
-            _LOG4J2.format(log=self.workdir / "server.log"))
+            _LOG4J2.format(log=self.workdir / "server.log")
+        )
         return conf
 
     def start(self, timeout: float = 90.0, wait: bool = True) -> Managed:
@@ -280,17 +303,40 @@ class ApacheKafkaBroker:
         log = self.workdir / "stdout.log"
         if not (self.workdir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
-                [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                 "-c", str(conf), "--ignore-formatted"],
-                capture_output=True, text=True, timeout=120)
+                [
+                    java,
+                    "-cp",
+                    cp,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    self.cluster_id,
+                    "-c",
+                    str(conf),
+                    "--ignore-formatted",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if fmt.returncode != 0:
                 raise StackError(f"kafka storage format failed: {fmt.stderr or fmt.stdout}")
         proc = _spawn(
-            [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseSerialGC",
-             "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
-             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
-             "-cp", cp, "kafka.Kafka", str(conf)],
-            log)
+            [
+                java,
+                f"-Xms{self.heap}",
+                f"-Xmx{self.heap}",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+                "-cp",
+                cp,
+                "kafka.Kafka",
+                str(conf),
+            ],
+            log,
+        )
         self.managed = Managed(f"kafka (apache, node {self.node_id})", proc, self.bootstrap, log)
         if wait:
             wait_for_port(self.port, proc, "Apache Kafka", log, timeout)
@@ -362,17 +408,29 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60.0) -> Managed:
         if port_in_use(self.port):
-            raise StackError(f"port {self.port} for Postgres is taken; "
-                             "set VIVIDLY_PG_PORT to another port")
+            raise StackError(
+                f"port {self.port} for Postgres is taken; set VIVIDLY_PG_PORT to another port"
+            )
         self.pgdata.mkdir(parents=True, exist_ok=True)
         as_user = self._as_user()
         bins = self.bin_dir()
         log = self.pgdata.parent / "postgres.log"
         if not (self.pgdata / "PG_VERSION").exists():
             init = subprocess.run(
-                [str(bins / "initdb"), "--auth=trust", "--encoding=utf8", "-U", "postgres",
-                 "-D", str(self.pgdata)],
-                capture_output=True, text=True, timeout=180, **as_user)
+                [
+                    str(bins / "initdb"),
+                    "--auth=trust",
+                    "--encoding=utf8",
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(self.pgdata),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                **as_user,
+            )
             if init.returncode != 0:
                 raise StackError(f"initdb failed: {init.stderr or init.stdout}")
         # A stale postmaster.pid from a killed run would stop the new server starting.
@@ -388,11 +446,26 @@ class EmbeddedPostgres:
             log.touch()
             shutil.chown(log, self.SYSTEM_USER, self.SYSTEM_USER)
         proc = _spawn(
-            [str(bins / "postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1",
-             "-p", str(self.port), "-k", str(self.pgdata),
-             "-c", "max_connections=200", "-c", "shared_buffers=128MB",
-             "-c", "fsync=off" if os.environ.get("VIVIDLY_PG_FAST") else "fsync=on"],
-            log, **as_user)
+            [
+                str(bins / "postgres"),
+                "-D",
+                str(self.pgdata),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.pgdata),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=128MB",
+                "-c",
+                "fsync=off" if os.environ.get("VIVIDLY_PG_FAST") else "fsync=on",
+            ],
+            log,
+            **as_user,
+        )
         wait_for_port(self.port, proc, "Postgres", log, timeout)
         self._wait_accepting(proc, log, timeout)
         self.managed = Managed("postgres", proc, self.url, log)
@@ -404,8 +477,9 @@ class EmbeddedPostgres:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise StackError(f"Postgres exited with code {proc.returncode}:\n{_tail(log)}")
-            r = subprocess.run([str(isready), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
-                               check=False)
+            r = subprocess.run(
+                [str(isready), "-h", "127.0.0.1", "-p", str(self.port), "-q"], check=False
+            )
             if r.returncode == 0:
                 return
             time.sleep(0.1)

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from vividly.events import Envelope, decode_envelope
-from vividly.publish import CompletionWindow, DeliveryCallback, FlushReport, Headers
+from vividly.publish import (
+    CompletionWindow,
+    DeliveryCallback,
+    FailedDelivery,
+    FlushReport,
+    Headers,
+    log,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,7 @@ class FakePublisher:
         self._window = CompletionWindow()
         self._seq = 0
         self.failed = 0
+        self.failures: list[FailedDelivery] = []
 
     def publish(
         self,
@@ -53,6 +61,8 @@ class FakePublisher:
         self._window.finish(self._seq)
         if topic in self.fail_topics:
             self.failed += 1
+            self.failures.append(FailedDelivery(topic, key, "configured to fail"))
+            log.error("delivery failed", extra={"topic": topic, "error": "configured to fail"})
             if on_delivery is not None:
                 on_delivery(cast(Any, _FakeError(f"delivery to {topic} failed")), None)
             return self._seq
@@ -73,6 +83,7 @@ class FakePublisher:
             delivered=len(self.messages),
             failed=self.failed,
             pending=0,
+            failures=list(self.failures),
         )
 
     def envelopes(self, topic: str | None = None) -> list[Envelope]:

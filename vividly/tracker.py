@@ -26,6 +26,7 @@ import uuid_utils
 from vividly.config import STAGES, TRACKING_TOPIC, Settings
 from vividly.events import (
     ENVELOPE_TYPE,
+    EVENT_TYPES,
     H_CORRELATION,
     H_EVENT_TYPE,
     H_TRACEPARENT,
@@ -35,8 +36,6 @@ from vividly.events import (
     Envelope,
     RequestSpec,
     WorkItem,
-    new_event_id,
-    traceparent_for,
 )
 from vividly.publish import FlushReport, Publisher
 
@@ -54,8 +53,10 @@ __all__ = [
 ]
 
 _STAGE_SET = frozenset(STAGES)
-_ENVELOPE_TYPE_B = ENVELOPE_TYPE.encode()
-_SCHEMA_B = str(SCHEMA_VERSION).encode()
+_TYPE_HEADER = (H_TYPE, ENVELOPE_TYPE.encode())
+_KIND_HEADERS = {kind: (H_EVENT_TYPE, kind.encode()) for kind in EVENT_TYPES}
+_uuid7 = uuid_utils.uuid7
+_time_ns = time.time_ns
 #: Namespace for request ids derived from an idempotency key.
 _IDEMPOTENCY_NS = uuid_utils.UUID("5b0f7c4e-8f0a-4c1e-9a57-6d3c1f1f7a10")
 
@@ -227,7 +228,7 @@ class RequestTracker:
         env = self._envelope(request_id)
         ev = env.request_failed
         ev.error_message = error_message
-        ev.error_stage = error_stage or ""
+        ev.error_stage = "" if error_stage in (None, "unknown") else error_stage
         ev.error_details_json = details
         ev.SetInParent()
         self._send(env, "request_failed")
@@ -441,36 +442,38 @@ class RequestTracker:
         if not request_id:
             raise TrackerError("request_id is required")
         env = Envelope()
-        env.event_id = new_event_id()
+        env.event_id = str(_uuid7())
         env.request_id = request_id
-        env.occurred_at.FromNanoseconds(time.time_ns())
+        ns = _time_ns()
+        ts = env.occurred_at
+        ts.seconds = ns // 1_000_000_000
+        ts.nanos = ns % 1_000_000_000
         env.producer = self.producer
         env.schema_version = SCHEMA_VERSION
         return env
 
     def _send(self, env: Envelope, kind: str) -> None:
-        correlation_id, parent = self._correlation(env.request_id)
-        env.correlation_id = correlation_id
-        headers = [
-            (H_TYPE, _ENVELOPE_TYPE_B),
-            (H_EVENT_TYPE, kind.encode()),
-            ("vividly-schema-version", _SCHEMA_B),
-        ]
+        """Publish ``env``; this and :meth:`_envelope` are the hot path of every call."""
+        request_id = env.request_id
+        ctx = current_request.get()
+        if ctx is not None and ctx.request_id == request_id:
+            correlation_id, parent = ctx.correlation_id, ctx.traceparent
+        else:
+            correlation_id, parent = self._correlations.get(request_id, ""), ""
+        headers = [_TYPE_HEADER, _KIND_HEADERS.get(kind) or (H_EVENT_TYPE, kind.encode())]
         if correlation_id:
+            env.correlation_id = correlation_id
+            # The event is a span: its id is the event id's random tail, its trace the
+            # parent's (from the consumed message) or the correlation id's.
+            eid = env.event_id
+            span = eid[19:23] + eid[24:]
+            if len(parent) == 55:
+                traceparent = f"{parent[:36]}{span}-01"
+            else:
+                traceparent = f"00-{correlation_id.replace('-', '')}-{span}-01"
             headers.append((H_CORRELATION, correlation_id.encode()))
-            headers.append((H_TRACEPARENT, _child_traceparent(parent, correlation_id).encode()))
-        self.publisher.publish(
-            self.topic, env.request_id.encode(), env.SerializeToString(), headers
-        )
-
-
-def _child_traceparent(parent: str, correlation_id: str) -> str:
-    """A new span under ``parent``'s trace, or under the correlation id's trace."""
-    if len(parent) == 55 and parent[2] == "-":
-        from vividly.events import new_span_id
-
-        return f"{parent[:36]}{new_span_id()}{parent[52:]}"
-    return traceparent_for(correlation_id)
+            headers.append((H_TRACEPARENT, traceparent.encode()))
+        self.publisher.publish(self.topic, request_id.encode(), env.SerializeToString(), headers)
 
 
 class StageSpan:

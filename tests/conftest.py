@@ -1,0 +1,100 @@
+"""Fixtures that start real infrastructure on free ports and stop it by PID.
+
+``broker`` is parametrised over the brokers named in VIVIDLY_TEST_BROKERS (default
+``tansu,apache``): the same test body runs against the embedded Tansu broker and
+against Apache Kafka itself. ``postgres`` is an embedded Postgres 18 + pgvector.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vividly.config import Settings
+from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, TansuBroker, free_port
+
+BROKERS = [b for b in os.environ.get("VIVIDLY_TEST_BROKERS", "tansu,apache").split(",") if b]
+
+
+@dataclass(frozen=True)
+class Broker:
+    kind: str
+    bootstrap: str
+
+    def settings(self, **overrides: object) -> Settings:
+        base: dict[str, object] = {
+            "kafka_bootstrap": self.bootstrap,
+            "topic_partitions": 3,
+            "commit_interval_s": 0.1,
+            "handler_retry_backoff_s": 0.01,
+        }
+        base.update(overrides)
+        return Settings(**base)  # type: ignore[arg-type]
+
+
+class BrokerPool:
+    """Starts each kind of broker once per session, on first use; stops them at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._started: dict[str, tuple[Broker, TansuBroker | ApacheKafkaBroker]] = {}
+
+    def get(self, kind: str) -> Broker:
+        if kind not in self._started:
+            proc: TansuBroker | ApacheKafkaBroker
+            if kind == "tansu":
+                proc = TansuBroker(free_port(), self.workdir / "tansu")
+            elif kind == "apache":
+                proc = ApacheKafkaBroker(self.workdir / "apache")
+            else:
+                raise ValueError(f"unknown broker {kind!r} in VIVIDLY_TEST_BROKERS")
+            proc.start()
+            self._started[kind] = (Broker(kind, proc.bootstrap), proc)
+        return self._started[kind][0]
+
+    def stop_all(self) -> None:
+        for _, proc in self._started.values():
+            proc.stop()
+        self._started.clear()
+
+
+@pytest.fixture(scope="session")
+def broker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPool]:
+    pool = BrokerPool(tmp_path_factory.mktemp("brokers"))
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Broker:
+    return broker_pool.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    os.environ.setdefault("VIVIDLY_PG_FAST", "1")
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata", free_port())
+    pg.start()
+    try:
+        yield pg.url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,413 @@
+"""Every tracker call builds exactly the expected event; bad calls raise the documented
+errors and publish nothing. No I/O: a FakePublisher records what would be sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import orjson
+import pytest
+
+from vividly.config import STAGES, TRACKING_TOPIC
+from vividly.events import (
+    H_CORRELATION,
+    H_EVENT_TYPE,
+    H_TRACEPARENT,
+    H_TYPE,
+    SCHEMA_VERSION,
+    Envelope,
+    Severity,
+    WorkItem,
+    event_type_name,
+)
+from vividly.testing import FakePublisher
+from vividly.tracker import (
+    PayloadError,
+    ReadSideUnavailable,
+    RequestContext,
+    RequestTracker,
+    UnknownSeverityError,
+    UnknownStageError,
+    current_request,
+)
+
+
+@pytest.fixture
+def pub() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def tracker(pub: FakePublisher) -> RequestTracker:
+    return RequestTracker(pub, producer="unit-test", max_payload_bytes=2048)
+
+
+def only(pub: FakePublisher) -> Envelope:
+    assert len(pub.messages) == 1, [m.header(H_EVENT_TYPE) for m in pub.messages]
+    msg = pub.messages[0]
+    assert msg.topic == TRACKING_TOPIC
+    env = msg.envelope()
+    assert msg.key == env.request_id.encode()
+    assert msg.header(H_TYPE) == "vividly.v1.Envelope"
+    assert msg.header(H_EVENT_TYPE) == event_type_name(env)
+    return env
+
+
+def new_request(tracker: RequestTracker, pub: FakePublisher) -> tuple[str, str]:
+    rid, cid = tracker.create_request("stu-1", "Photosynthesis", "explain light", "10", 5)
+    pub.messages.clear()
+    return rid, cid
+
+
+def test_create_request_publishes_request_created_with_every_field(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, cid = tracker.create_request(
+        student_id="stu-1",
+        topic="Photosynthesis",
+        learning_objective="Explain the light reactions",
+        grade_level="10",
+        duration_minutes=5,
+        metadata={"source": "web_app", "user_agent": "UA"},
+        organization_id="org-9",
+        student_email="s@example.edu",
+    )
+    env = only(pub)
+    assert uuid.UUID(rid).version == 7
+    assert uuid.UUID(env.event_id).version == 7
+    assert env.request_id == rid
+    assert env.correlation_id == cid
+    assert env.producer == "unit-test"
+    assert env.schema_version == SCHEMA_VERSION
+    assert env.occurred_at.seconds > 1_700_000_000
+    assert event_type_name(env) == "request_created"
+    spec = env.request_created.request
+    assert (spec.student_id, spec.organization_id, spec.topic) == (
+        "stu-1",
+        "org-9",
+        "Photosynthesis",
+    )
+    assert spec.learning_objective == "Explain the light reactions"
+    assert (spec.grade_level, spec.duration_minutes) == ("10", 5)
+    assert spec.student_email == "s@example.edu"
+    assert orjson.loads(spec.metadata_json) == {"source": "web_app", "user_agent": "UA"}
+    msg = pub.messages[0]
+    assert msg.header(H_CORRELATION) == cid
+    traceparent = msg.header(H_TRACEPARENT)
+    assert traceparent is not None
+    assert traceparent.split("-")[1] == cid.replace("-", "")
+
+
+def test_same_idempotency_key_gives_the_same_ids(tracker: RequestTracker) -> None:
+    a = tracker.create_request(
+        "s", "Topic", "o", "9", 3, organization_id="o1", idempotency_key="k-1"
+    )
+    b = tracker.create_request(
+        "s", "Topic", "o", "9", 3, organization_id="o1", idempotency_key="k-1"
+    )
+    c = tracker.create_request(
+        "s", "Topic", "o", "9", 3, organization_id="o1", idempotency_key="k-2"
+    )
+    assert a == b
+    assert c[0] != a[0]
+
+
+def test_start_request(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, cid = new_request(tracker, pub)
+    tracker.start_request(rid)
+    env = only(pub)
+    assert event_type_name(env) == "request_started"
+    assert env.correlation_id == cid
+
+
+def test_log_event_carries_type_message_stage_severity_and_data(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.log_event(
+        rid,
+        "cache_hit",
+        "Retrieved results from cache",
+        stage_name="rag_retrieval",
+        severity="warning",
+        event_data={"chunks": 5},
+    )
+    ev = only(pub).event_logged
+    assert (ev.event_type, ev.message, ev.stage) == (
+        "cache_hit",
+        "Retrieved results from cache",
+        "rag_retrieval",
+    )
+    assert ev.severity == Severity.SEVERITY_WARNING
+    assert orjson.loads(ev.event_data_json) == {"chunks": 5}
+
+
+def test_log_event_without_stage_or_data(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.log_event(rid, "request_submitted", "hello")
+    ev = only(pub).event_logged
+    assert ev.stage == ""
+    assert ev.severity == Severity.SEVERITY_INFO
+    assert ev.event_data_json == b""
+
+
+def test_start_and_complete_stage_record_attempt_output_and_duration(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.start_stage(rid, "rag_retrieval")
+    tracker.complete_stage(
+        rid, "rag_retrieval", output_data={"chunks_retrieved": 5, "sources": ["a", "b"]}
+    )
+    started, completed = (m.envelope() for m in pub.messages)
+    assert started.stage_started.stage == "rag_retrieval"
+    assert started.stage_started.attempt == 1
+    c = completed.stage_completed
+    assert c.stage == "rag_retrieval"
+    assert orjson.loads(c.output_json) == {"chunks_retrieved": 5, "sources": ["a", "b"]}
+    assert c.duration_ms >= 0.0
+    assert started.event_id < completed.event_id  # UUIDv7 orders by time
+
+
+def test_explicit_duration_and_attempt_win(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.complete_stage(rid, "notification", duration_ms=12.5, attempt=3)
+    c = only(pub).stage_completed
+    assert (c.duration_ms, c.attempt) == (12.5, 3)
+
+
+def test_fail_stage_carries_error_retryability_and_the_input_work_item(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, cid = new_request(tracker, pub)
+    item = WorkItem(request_id=rid, correlation_id=cid, stage="video_generation", attempt=2)
+    token = current_request.set(RequestContext(rid, cid, attempt=2, work_item=item))
+    try:
+        tracker.fail_stage(
+            rid,
+            "video_generation",
+            "Nano Banana API timeout",
+            error_details={"status_code": 504},
+            is_retryable=True,
+        )
+    finally:
+        current_request.reset(token)
+    f = only(pub).stage_failed
+    assert (f.stage, f.attempt, f.error_message) == (
+        "video_generation",
+        2,
+        "Nano Banana API timeout",
+    )
+    assert orjson.loads(f.error_details_json) == {"status_code": 504}
+    assert f.is_retryable is True
+    assert f.input == item
+
+
+def test_schedule_retry(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.schedule_retry(rid, "script_generation", 2, 1_800_000_000.5, "gemini 503")
+    r = only(pub).stage_retry_scheduled
+    assert (r.stage, r.attempt, r.reason) == ("script_generation", 2, "gemini 503")
+    assert r.due_at.ToNanoseconds() == 1_800_000_000_500_000_000
+
+
+def test_complete_request(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.complete_request(
+        rid, video_url="https://cdn/x.mp4", script_text="Hi", thumbnail_url="https://cdn/x.jpg"
+    )
+    ev = only(pub).request_completed
+    assert (ev.video_url, ev.script_text, ev.thumbnail_url) == (
+        "https://cdn/x.mp4",
+        "Hi",
+        "https://cdn/x.jpg",
+    )
+
+
+def test_fail_request(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.fail_request(rid, "boom", "script_generation", {"exception_type": "ValueError"})
+    ev = only(pub).request_failed
+    assert (ev.error_message, ev.error_stage) == ("boom", "script_generation")
+    assert orjson.loads(ev.error_details_json) == {"exception_type": "ValueError"}
+
+
+def test_fail_request_outside_any_stage(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.fail_request(rid, "boom", "unknown")
+    assert only(pub).request_failed.error_stage == ""
+
+
+def test_track_stage_success_records_started_then_completed_with_output(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    with tracker.track_stage(rid, "script_generation") as stage:
+        stage.output["word_count"] = 750
+    kinds = [event_type_name(m.envelope()) for m in pub.messages]
+    assert kinds == ["stage_started", "stage_completed"]
+    c = pub.messages[1].envelope().stage_completed
+    assert orjson.loads(c.output_json) == {"word_count": 750}
+    assert c.duration_ms > 0.0
+
+
+def test_track_stage_failure_records_exception_type_and_traceback_and_reraises(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    with (
+        pytest.raises(ValueError, match="Topic must be at least 3 characters"),
+        tracker.track_stage(rid, "validation"),
+    ):
+        raise ValueError("Topic must be at least 3 characters")
+    kinds = [event_type_name(m.envelope()) for m in pub.messages]
+    assert kinds == ["stage_started", "stage_failed"]
+    f = pub.messages[1].envelope().stage_failed
+    details = json.loads(f.error_details_json)
+    assert details["exception_type"] == "ValueError"
+    assert "raise ValueError" in details["traceback"]
+    assert f.error_message == "Topic must be at least 3 characters"
+    assert f.is_retryable is False
+
+
+def test_track_stage_timeouts_are_retryable_by_default(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    with pytest.raises(TimeoutError), tracker.track_stage(rid, "video_generation"):
+        raise TimeoutError("poll timed out")
+    assert pub.messages[1].envelope().stage_failed.is_retryable is True
+
+
+def test_track_stage_works_with_async_with(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+
+    async def work() -> None:
+        async with tracker.track_stage(rid, "rag_retrieval") as stage:
+            await asyncio.sleep(0.001)
+            stage.output["chunks"] = 5
+        with pytest.raises(ConnectionError):
+            async with tracker.track_stage(rid, "script_generation"):
+                raise ConnectionError("refused")
+
+    asyncio.run(work())
+    kinds = [event_type_name(m.envelope()) for m in pub.messages]
+    assert kinds == ["stage_started", "stage_completed", "stage_started", "stage_failed"]
+    assert pub.messages[1].envelope().stage_completed.duration_ms >= 1.0
+    assert pub.messages[3].envelope().stage_failed.is_retryable is True
+
+
+def test_attempt_comes_from_the_work_item_being_handled(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    token = current_request.set(RequestContext("r-1", "c-1", attempt=4))
+    try:
+        tracker.start_stage("r-1", "notification")
+    finally:
+        current_request.reset(token)
+    env = only(pub)
+    assert env.stage_started.attempt == 4
+    assert env.correlation_id == "c-1"
+
+
+def test_events_of_one_request_share_its_key_and_correlation(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, cid = tracker.create_request("s", "Cells", "o", "7", 2)
+    tracker.start_request(rid)
+    tracker.log_event(rid, "x", "y")
+    assert {m.key for m in pub.messages} == {rid.encode()}
+    assert {m.envelope().correlation_id for m in pub.messages} == {cid}
+    ids = [m.envelope().event_id for m in pub.messages]
+    assert len(set(ids)) == 3
+
+
+# ----------------------------------------------------------------------- bad calls
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: t.start_stage("r", "rendering"),
+        lambda t: t.complete_stage("r", "RAG"),
+        lambda t: t.fail_stage("r", "video", "x"),
+        lambda t: t.log_event("r", "x", "y", stage_name="scripting"),
+        lambda t: t.track_stage("r", "upload"),
+        lambda t: t.fail_request("r", "x", "video"),
+        lambda t: t.schedule_retry("r", "email", 2, 0.0, "x"),
+    ],
+)
+def test_unknown_stage_is_rejected_naming_the_six(
+    call: object, pub: FakePublisher, tracker: RequestTracker
+) -> None:
+    with pytest.raises(UnknownStageError) as info:
+        call(tracker)  # type: ignore[operator]
+    for stage in STAGES:
+        assert stage in str(info.value)
+    assert pub.messages == []
+
+
+def test_unknown_severity_is_rejected(tracker: RequestTracker, pub: FakePublisher) -> None:
+    with pytest.raises(UnknownSeverityError, match="debug, info, warning, error, critical"):
+        tracker.log_event("r", "x", "y", severity="fatal")
+    assert pub.messages == []
+
+
+def test_unserialisable_data_is_rejected(tracker: RequestTracker, pub: FakePublisher) -> None:
+    with pytest.raises(PayloadError, match="event_data is not JSON-serialisable"):
+        tracker.log_event("r", "x", "y", event_data={"when": object()})
+    with pytest.raises(PayloadError, match="output_data is not JSON-serialisable"):
+        tracker.complete_stage("r", "validation", output_data={"s": {1, 2}})
+    assert pub.messages == []
+
+
+def test_data_over_the_limit_is_rejected_with_the_limit(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    with pytest.raises(PayloadError, match="the limit is 2048"):
+        tracker.complete_stage("r", "validation", output_data={"blob": "x" * 3000})
+    with pytest.raises(PayloadError, match="the limit is 2048"):
+        tracker.fail_stage("r", "validation", "e", error_details={"tb": "x" * 3000})
+    assert pub.messages == []
+
+
+def test_data_that_is_not_an_object_is_rejected(tracker: RequestTracker) -> None:
+    with pytest.raises(PayloadError, match="must be a mapping"):
+        tracker.log_event("r", "x", "y", event_data=[1, 2])  # type: ignore[arg-type]
+
+
+def test_empty_request_id_is_rejected(tracker: RequestTracker) -> None:
+    with pytest.raises(ValueError, match="request_id is required"):
+        tracker.start_request("")
+
+
+def test_read_side_calls_without_a_reader_say_what_is_missing(tracker: RequestTracker) -> None:
+    with pytest.raises(ReadSideUnavailable, match="status_reader"):
+        tracker.get_request_status("r")
+    with pytest.raises(ReadSideUnavailable, match="status_reader"):
+        tracker.retry_stage("r", "script_generation")
+
+
+def test_read_side_calls_go_to_the_reader(pub: FakePublisher) -> None:
+    class Reader:
+        def __init__(self) -> None:
+            self.retries: list[tuple[str, str, str]] = []
+
+        def get_request_status(self, request_id: str) -> dict[str, object] | None:
+            return (
+                {"status": "failed", "error_stage": "video_generation"}
+                if request_id == "r"
+                else None
+            )
+
+        def retry_stage(self, request_id: str, stage: str, requested_by: str) -> bool:
+            self.retries.append((request_id, stage, requested_by))
+            return True
+
+    reader = Reader()
+    tracker = RequestTracker(pub, status_reader=reader)
+    assert tracker.get_request_status("r")["error_stage"] == "video_generation"
+    with pytest.raises(KeyError):
+        tracker.get_request_status("missing")
+    assert tracker.retry_stage("r", "video_generation", requested_by="admin-1") is True
+    assert reader.retries == [("r", "video_generation", "admin-1")]
