@@ -50,8 +50,9 @@ def measure_tracker_latency(tracker: RequestTracker, rid: str, calls: int) -> li
     return samples
 
 
-def measure_produce_latency(producer: Producer, topic: str, key: bytes, values: list[bytes],
-                            calls: int) -> list[int]:
+def measure_produce_latency(
+    producer: Producer, topic: str, key: bytes, values: list[bytes], calls: int
+) -> list[int]:
     clock = time.perf_counter_ns
     produce = producer.produce
     samples = [0] * calls
@@ -69,8 +70,7 @@ def tracker_rate(tracker: RequestTracker, rid: str, n: int) -> float:
     data = {"chunks": 5}
     t0 = time.perf_counter()
     for _ in range(n):
-        tracker.log_event(rid, "api_call", "Calling Gemini API", "script_generation", "info",
-                          data)
+        tracker.log_event(rid, "api_call", "Calling Gemini API", "script_generation", "info", data)
     report = tracker.flush(120)
     elapsed = time.perf_counter() - t0
     if not report.ok:
@@ -78,8 +78,7 @@ def tracker_rate(tracker: RequestTracker, rid: str, n: int) -> float:
     return n / elapsed
 
 
-def produce_rate(producer: Producer, topic: str, key: bytes, values: list[bytes], n: int
-                 ) -> float:
+def produce_rate(producer: Producer, topic: str, key: bytes, values: list[bytes], n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         value = values[i % len(values)]

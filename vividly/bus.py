@@ -192,6 +192,7 @@ class ConsumerLoop:
         topics: Sequence[str],
         publisher: Publisher,
         handlers: Mapping[type[ProtoMessage], Handler],
+        produces: Sequence[str] = (),
         name: str = "vividly",
         topic_partitions: Mapping[str, int] | None = None,
         dlq_topic: str = DLQ_TOPIC,
@@ -206,9 +207,10 @@ class ConsumerLoop:
         self.name = name
         self.dlq_topic = dlq_topic
         self.max_in_flight = max_in_flight or settings.max_in_flight
-        self.topic_partitions = dict(
-            topic_partitions or {t: settings.topic_partitions for t in [*self.topics, dlq_topic]}
-        )
+        self.topic_partitions = {
+            t: settings.topic_partitions for t in [*self.topics, *produces, dlq_topic]
+        }
+        self.topic_partitions.update(topic_partitions or {})
         conf = consumer_config(settings, group_id, name)
         conf.update(extra_consumer_config or {})
         conf["logger"] = logging.getLogger("librdkafka")

@@ -165,11 +165,12 @@ def test_commits_never_pass_an_unfinished_item(broker: Broker, unique: str) -> N
         return [Outgoing.of(dst, item.request_id, item)]
 
     group = f"g-{unique}"
+    loop_pub = KafkaPublisher(settings, "commit-test")
     loop = ConsumerLoop(
         settings=settings,
         group_id=group,
         topics=[src],
-        publisher=KafkaPublisher(settings, "commit-test"),
+        publisher=loop_pub,
         handlers={WorkItem: handle},
         dlq_topic=dlq,
         max_in_flight=50,
@@ -191,6 +192,7 @@ def test_commits_never_pass_an_unfinished_item(broker: Broker, unique: str) -> N
         release.set()
         loop.stop()
         runner.join(30)
+        loop_pub.close(5)
     assert not runner.is_alive()
 
 
@@ -223,11 +225,12 @@ def test_poison_messages_go_to_the_dlq_with_the_reason_and_the_loop_goes_on(
             raise RetryableError("503 from upstream")
         return [Outgoing.of(dst, item.request_id, item)]
 
+    loop_pub = KafkaPublisher(settings, "poison")
     loop = ConsumerLoop(
         settings=settings,
         group_id=f"g-{unique}",
         topics=[src],
-        publisher=KafkaPublisher(settings, "poison"),
+        publisher=loop_pub,
         handlers={WorkItem: handle},
         dlq_topic=dlq,
         topic_partitions={src: 3, dlq: 3},
@@ -240,6 +243,7 @@ def test_poison_messages_go_to_the_dlq_with_the_reason_and_the_loop_goes_on(
     finally:
         loop.stop()
         runner.join(30)
+        loop_pub.close(5)
     assert sorted(key_of(m) for m in out) == ["good-1", "good-2", "good-3"]
     reasons = {key_of(m): headers_of(m) for m in dead}
     assert set(reasons) == {"garbage", "explode", "flaky", "alien"}

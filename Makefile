@@ -1,0 +1,87 @@
+# Vividly request tracking. `make run` and `make test` set up everything they need
+# (virtualenv, Python packages, Apache Kafka jars, Debian packages) and are safe to re-run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+KAFKA_LIBS := .cache/kafka-libs
+VENV_STAMP := $(VENV)/.installed
+KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
+SYSTEM_STAMP := .cache/.system-packages
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-packages run test test-unit test-integration lint format proto \
+        proto-check bench clean
+
+help:
+	@echo "make run    - start the local stack (broker, Postgres, topics, migrations) in the foreground"
+	@echo "make test   - lint, schema freshness, unit + contract + integration tests (both brokers)"
+	@echo "make setup  - virtualenv, Python packages, Apache Kafka jars (idempotent)"
+	@echo "make lint | format | proto | proto-check | bench | clean"
+
+setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
+
+# Java and Maven resolve and run the reference Apache Kafka broker.
+$(SYSTEM_STAMP):
+	@mkdir -p .cache
+	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
+	  echo "installing Java and Maven from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    openjdk-17-jre-headless maven >/dev/null; \
+	fi
+	@touch $@
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(KAFKA_STAMP): deploy/kafka/pom.xml | $(SYSTEM_STAMP)
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+	  -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+	@touch $@
+
+run: setup
+	$(VENV)/bin/vividly up
+
+lint: $(VENV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+PROTOS := $(wildcard proto/vividly/v1/*.proto)
+proto: $(VENV_STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. $(PROTOS)
+
+# CI fails when the committed generated code is not what the .proto files produce.
+proto-check: $(VENV_STAMP)
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/vividly/v1/*; do \
+	  if ! cmp -s "$$f" "vividly/v1/$$(basename $$f)"; then \
+	    echo "vividly/v1/$$(basename $$f) is stale: run 'make proto' and commit"; rm -rf $$tmp; exit 1; \
+	  fi; \
+	done; rm -rf $$tmp; echo "generated protobuf code is fresh"
+
+# pytest exit code 5 means no test ran: that is a failure of the run, not a pass.
+test: setup lint proto-check
+	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run"; exit 1; fi; \
+	exit $$rc
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit tests/docs $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.tracker
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache test-artifacts
