@@ -598,6 +598,42 @@ def _resolve(fut: asyncio.Future[str | None], error: str | None) -> None:
         fut.set_result(error)
 
 
+EventHandler = Callable[[Delivery, Envelope, Any], Awaitable[Sequence[Outgoing] | None]]
+
+
+@dataclass
+class EventRouter:
+    """Dispatches Envelopes by the type of the event inside, through a registry.
+
+    Register it as the loop's handler for :class:`Envelope`. An event type with no
+    handler, including a type added by a newer producer that this code does not know,
+    is skipped (counted in ``skipped``), never dead-lettered and never a crash.
+    """
+
+    handlers: Mapping[type[ProtoMessage], EventHandler]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    async def __call__(self, delivery: Delivery, envelope: Envelope) -> Sequence[Outgoing] | None:
+        kind = envelope.WhichOneof("event")
+        if kind is None:
+            self._skip("unknown", envelope)
+            return None
+        event = getattr(envelope, kind)
+        handler = self.handlers.get(type(event))
+        if handler is None:
+            self._skip(kind, envelope)
+            return None
+        return await handler(delivery, envelope, event)
+
+    def _skip(self, kind: str, envelope: Envelope) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if kind == "unknown":
+            log.warning(
+                "skipping an event of a type this code does not know",
+                extra={"event_id": envelope.event_id, "schema_version": envelope.schema_version},
+            )
+
+
 def run_loops(loops: Iterable[ConsumerLoop]) -> None:
     """Run several loops in one process until they stop (used by service mains)."""
 
@@ -612,6 +648,8 @@ __all__ = [
     "OFFSET_INVALID",
     "ConsumerLoop",
     "Delivery",
+    "EventHandler",
+    "EventRouter",
     "Handler",
     "LoopStats",
     "Outgoing",

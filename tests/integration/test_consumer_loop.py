@@ -289,3 +289,50 @@ def test_sigterm_drains_in_flight_work_and_commits(
     assert sum(max(o, 0) for o in offsets.values()) == 12, offsets
     out = read_topic(settings, dst, lambda got: len(got) >= 12)
     assert sorted(key_of(m) for m in out) == ids
+
+
+def test_tracking_events_of_unknown_future_types_are_skipped_not_dead_lettered(
+    broker: Broker, unique: str
+) -> None:
+    from tests.unit.test_events import _varint
+    from vividly.bus import EventRouter
+    from vividly.events import ENVELOPE_TYPE, Envelope, StageStarted
+    from vividly.tracker import RequestTracker
+
+    settings = broker.settings()
+    src, _dst, dlq = topics(settings, unique)
+    pub = KafkaPublisher(settings, "router-feeder")
+    tracker = RequestTracker(pub, topic=src)
+    rid, _ = tracker.create_request("s", "Tides", "o", "8", 2)
+    tracker.start_stage(rid, "validation")
+    future = Envelope(request_id=rid, schema_version=9).SerializeToString()
+    future += _varint(99 << 3 | 2) + _varint(2) + b"\x08\x01"
+    pub.publish(src, rid.encode(), future, [(H_TYPE, ENVELOPE_TYPE.encode())])
+    tracker.start_stage(rid, "rag_retrieval")
+    assert pub.close(30).ok
+    stages: list[str] = []
+
+    async def on_started(_d: Delivery, _env: object, ev: StageStarted) -> None:
+        stages.append(ev.stage)
+
+    router = EventRouter({StageStarted: on_started})
+    loop_pub = KafkaPublisher(settings, "router")
+    loop = ConsumerLoop(
+        settings=settings,
+        group_id=f"g-{unique}",
+        topics=[src],
+        publisher=loop_pub,
+        handlers={Envelope: router},
+        dlq_topic=dlq,
+    )
+    runner = threading.Thread(target=lambda: asyncio.run(loop.run()), daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: loop.stats.handled == 4, 60, "all four events handled")
+    finally:
+        loop.stop()
+        runner.join(30)
+        loop_pub.close(5)
+    assert stages == ["validation", "rag_retrieval"]
+    assert router.skipped == {"request_created": 1, "unknown": 1}
+    assert loop.stats.dead_lettered == 0
