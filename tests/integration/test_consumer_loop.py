@@ -4,6 +4,7 @@ never pass an unfinished item, poison messages to the DLQ, SIGTERM drains."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -104,6 +105,20 @@ def workers() -> Iterator[list[Worker]]:
         w.stop()
 
 
+@contextlib.contextmanager
+def running(loop: ConsumerLoop, publisher: KafkaPublisher) -> Iterator[ConsumerLoop]:
+    """Run ``loop`` on a thread of its own; stop, join and close on the way out."""
+    runner = threading.Thread(target=lambda: asyncio.run(loop.run()), daemon=True)
+    runner.start()
+    try:
+        yield loop
+    finally:
+        loop.stop()
+        runner.join(30)
+        publisher.close(5)
+    assert not runner.is_alive(), "the loop did not stop"
+
+
 def topics(settings: Settings, unique: str) -> tuple[str, str, str]:
     src, dst, dlq = f"in-{unique}", f"out-{unique}", f"dlq-{unique}"
     make_topics(settings, src, dst, dlq, partitions=3)
@@ -176,24 +191,19 @@ def test_commits_never_pass_an_unfinished_item(broker: Broker, unique: str) -> N
         max_in_flight=50,
         topic_partitions={src: 1, dlq: 3},
     )
-    runner = threading.Thread(target=lambda: asyncio.run(loop.run()), daemon=True)
-    runner.start()
     try:
-        wait_until(lambda: len(finished) == 19, 60, "19 of 20 items to finish")
-        time.sleep(1.0)  # many commit intervals
-        assert committed(settings, group, src, 1)[0] == 4, "stopped at the unfinished r04"
-        release.set()
-        wait_until(
-            lambda: committed(settings, group, src, 1)[0] == 20,
-            30,
-            "the commit to reach the end once r04 finished",
-        )
+        with running(loop, loop_pub):
+            wait_until(lambda: len(finished) == 19, 60, "19 of 20 items to finish")
+            time.sleep(1.0)  # many commit intervals
+            assert committed(settings, group, src, 1)[0] == 4, "stopped at the unfinished r04"
+            release.set()
+            wait_until(
+                lambda: committed(settings, group, src, 1)[0] == 20,
+                30,
+                "the commit to reach the end once r04 finished",
+            )
     finally:
         release.set()
-        loop.stop()
-        runner.join(30)
-        loop_pub.close(5)
-    assert not runner.is_alive()
 
 
 def test_poison_messages_go_to_the_dlq_with_the_reason_and_the_loop_goes_on(
@@ -235,15 +245,9 @@ def test_poison_messages_go_to_the_dlq_with_the_reason_and_the_loop_goes_on(
         dlq_topic=dlq,
         topic_partitions={src: 3, dlq: 3},
     )
-    runner = threading.Thread(target=lambda: asyncio.run(loop.run()), daemon=True)
-    runner.start()
-    try:
+    with running(loop, loop_pub):
         out = read_topic(settings, dst, lambda got: len(got) >= 3)
         dead = read_topic(settings, dlq, lambda got: len(got) >= 4)
-    finally:
-        loop.stop()
-        runner.join(30)
-        loop_pub.close(5)
     assert sorted(key_of(m) for m in out) == ["good-1", "good-2", "good-3"]
     reasons = {key_of(m): headers_of(m) for m in dead}
     assert set(reasons) == {"garbage", "explode", "flaky", "alien"}
@@ -325,14 +329,8 @@ def test_tracking_events_of_unknown_future_types_are_skipped_not_dead_lettered(
         handlers={Envelope: router},
         dlq_topic=dlq,
     )
-    runner = threading.Thread(target=lambda: asyncio.run(loop.run()), daemon=True)
-    runner.start()
-    try:
+    with running(loop, loop_pub):
         wait_until(lambda: loop.stats.handled == 4, 60, "all four events handled")
-    finally:
-        loop.stop()
-        runner.join(30)
-        loop_pub.close(5)
     assert stages == ["validation", "rag_retrieval"]
     assert router.skipped == {"request_created": 1, "unknown": 1}
     assert loop.stats.dead_lettered == 0
