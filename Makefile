@@ -23,13 +23,15 @@ help:
 
 setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
 
-# Java and Maven resolve and run the reference Apache Kafka broker.
+# Java and Maven resolve and run the reference Apache Kafka broker; ffmpeg renders the
+# emulated videos and makes thumbnails; fonts for the rendered titles.
 $(SYSTEM_STAMP):
 	@mkdir -p .cache
-	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
-	  echo "installing Java and Maven from Debian"; \
+	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null \
+	    || ! command -v ffmpeg >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ]; then \
+	  echo "installing Java, Maven, ffmpeg and fonts from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless maven >/dev/null; \
+	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core >/dev/null; \
 	fi
 	@touch $@
 

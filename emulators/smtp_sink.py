@@ -1,0 +1,55 @@
+"""An SMTP server that accepts every message and stores it on disk, one ``.eml`` each.
+
+python -m emulators.smtp_sink --port 8025 --dir .vividly/mail
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+class StoreOnDisk:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"
+        tmp = self.directory / (name + ".tmp")
+        tmp.write_bytes(envelope.original_content or envelope.content)
+        tmp.replace(self.directory / name)
+        return "250 Message accepted for delivery"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m emulators.smtp_sink")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8025)
+    p.add_argument("--dir", type=Path, required=True)
+    args = p.parse_args(argv)
+    controller = Controller(StoreOnDisk(args.dir), hostname=args.host, port=args.port)
+    controller.start()
+
+    async def wait() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    try:
+        asyncio.run(wait())
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()
