@@ -311,6 +311,71 @@ class RequestTracker:
         ev.reason = reason
         self._send(env, "stage_retry_scheduled")
 
+    def mark_waiting(
+        self,
+        request_id: str,
+        stage_name: str,
+        reason: str,
+        detail: str = "",
+        until: float | None = None,
+    ) -> None:
+        """Record that the request is held at ``stage_name`` (e.g. reason "circuit_open")
+        and, if known, until when (epoch seconds). Not a failure: it resumes by itself."""
+        self._check_stage(stage_name)
+        env = self._envelope(request_id)
+        ev = env.request_waiting
+        ev.stage = stage_name
+        ev.reason = reason
+        ev.detail = detail
+        if until is not None:
+            ev.until.FromNanoseconds(int(until * 1e9))
+        ev.SetInParent()
+        self._send(env, "request_waiting")
+
+    def request_retried(
+        self, request_id: str, stage_name: str, requested_by: str, attempt: int
+    ) -> None:
+        """Record that someone asked for ``stage_name`` to run again as ``attempt``."""
+        self._check_stage(stage_name)
+        env = self._envelope(request_id)
+        ev = env.request_retried
+        ev.stage = stage_name
+        ev.requested_by = requested_by
+        ev.attempt = attempt
+        self._send(env, "request_retried")
+
+    def breaker_state_changed(
+        self,
+        breaker: str,
+        old_state: str,
+        new_state: str,
+        *,
+        fail_counter: int = 0,
+        success_counter: int = 0,
+        total_calls: int = 0,
+        total_failures: int = 0,
+    ) -> None:
+        """Record a circuit breaker's state change; keyed by the breaker's name."""
+        env = Envelope()
+        env.event_id = str(_uuid7())
+        env.occurred_at.FromNanoseconds(_time_ns())
+        env.producer = self.producer
+        env.schema_version = SCHEMA_VERSION
+        ev = env.breaker_state_changed
+        ev.breaker = breaker
+        ev.old_state = old_state
+        ev.new_state = new_state
+        ev.fail_counter = fail_counter
+        ev.success_counter = success_counter
+        ev.total_calls = total_calls
+        ev.total_failures = total_failures
+        self.publisher.publish(
+            self.topic,
+            breaker.encode(),
+            env.SerializeToString(),
+            [_TYPE_HEADER, _KIND_HEADERS["breaker_state_changed"]],
+        )
+
     def track_stage(
         self,
         request_id: str,

@@ -48,6 +48,7 @@ def test_every_seed_event_type_is_in_the_contract() -> None:
         "request_failed",
         "request_retried",
         "breaker_state_changed",
+        "request_waiting",
     }
 
 

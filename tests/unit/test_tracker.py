@@ -411,3 +411,36 @@ def test_read_side_calls_go_to_the_reader(pub: FakePublisher) -> None:
         tracker.get_request_status("missing")
     assert tracker.retry_stage("r", "video_generation", requested_by="admin-1") is True
     assert reader.retries == [("r", "video_generation", "admin-1")]
+
+
+def test_mark_waiting_records_reason_detail_and_until(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.mark_waiting(rid, "video_generation", "circuit_open", "nano_banana open", 1.9e9)
+    ev = only(pub).request_waiting
+    assert (ev.stage, ev.reason, ev.detail) == (
+        "video_generation",
+        "circuit_open",
+        "nano_banana open",
+    )
+    assert ev.until.seconds == 1_900_000_000
+
+
+def test_request_retried_names_who_asked(tracker: RequestTracker, pub: FakePublisher) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.request_retried(rid, "video_generation", "admin-1", 2)
+    ev = only(pub).request_retried
+    assert (ev.stage, ev.requested_by, ev.attempt) == ("video_generation", "admin-1", 2)
+
+
+def test_breaker_events_are_keyed_by_the_breaker(pub: FakePublisher) -> None:
+    RequestTracker(pub, producer="video").breaker_state_changed(
+        "nano_banana", "closed", "open", fail_counter=5, total_calls=40, total_failures=7
+    )
+    msg = pub.messages[0]
+    assert msg.key == b"nano_banana"
+    ev = msg.envelope().breaker_state_changed
+    assert (ev.breaker, ev.old_state, ev.new_state) == ("nano_banana", "closed", "open")
+    assert (ev.fail_counter, ev.total_calls, ev.total_failures) == (5, 40, 7)
+    assert msg.envelope().request_id == ""

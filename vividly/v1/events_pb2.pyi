@@ -26,7 +26,7 @@ SEVERITY_ERROR: Severity
 SEVERITY_CRITICAL: Severity
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "request_id", "correlation_id", "occurred_at", "producer", "schema_version", "request_created", "request_started", "stage_started", "stage_completed", "stage_failed", "stage_retry_scheduled", "event_logged", "request_completed", "request_failed", "request_retried", "breaker_state_changed")
+    __slots__ = ("event_id", "request_id", "correlation_id", "occurred_at", "producer", "schema_version", "request_created", "request_started", "stage_started", "stage_completed", "stage_failed", "stage_retry_scheduled", "event_logged", "request_completed", "request_failed", "request_retried", "breaker_state_changed", "request_waiting")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Envelope(_message.Message):
     REQUEST_FAILED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_RETRIED_FIELD_NUMBER: _ClassVar[int]
     BREAKER_STATE_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_WAITING_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     correlation_id: str
@@ -61,7 +62,8 @@ class Envelope(_message.Message):
     request_failed: RequestFailed
     request_retried: RequestRetried
     breaker_state_changed: BreakerStateChanged
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., schema_version: _Optional[int] = ..., request_created: _Optional[_Union[RequestCreated, _Mapping]] = ..., request_started: _Optional[_Union[RequestStarted, _Mapping]] = ..., stage_started: _Optional[_Union[StageStarted, _Mapping]] = ..., stage_completed: _Optional[_Union[StageCompleted, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., stage_retry_scheduled: _Optional[_Union[StageRetryScheduled, _Mapping]] = ..., event_logged: _Optional[_Union[EventLogged, _Mapping]] = ..., request_completed: _Optional[_Union[RequestCompleted, _Mapping]] = ..., request_failed: _Optional[_Union[RequestFailed, _Mapping]] = ..., request_retried: _Optional[_Union[RequestRetried, _Mapping]] = ..., breaker_state_changed: _Optional[_Union[BreakerStateChanged, _Mapping]] = ...) -> None: ...
+    request_waiting: RequestWaiting
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., schema_version: _Optional[int] = ..., request_created: _Optional[_Union[RequestCreated, _Mapping]] = ..., request_started: _Optional[_Union[RequestStarted, _Mapping]] = ..., stage_started: _Optional[_Union[StageStarted, _Mapping]] = ..., stage_completed: _Optional[_Union[StageCompleted, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., stage_retry_scheduled: _Optional[_Union[StageRetryScheduled, _Mapping]] = ..., event_logged: _Optional[_Union[EventLogged, _Mapping]] = ..., request_completed: _Optional[_Union[RequestCompleted, _Mapping]] = ..., request_failed: _Optional[_Union[RequestFailed, _Mapping]] = ..., request_retried: _Optional[_Union[RequestRetried, _Mapping]] = ..., breaker_state_changed: _Optional[_Union[BreakerStateChanged, _Mapping]] = ..., request_waiting: _Optional[_Union[RequestWaiting, _Mapping]] = ...) -> None: ...
 
 class RequestCreated(_message.Message):
     __slots__ = ("request",)
@@ -166,6 +168,18 @@ class RequestRetried(_message.Message):
     requested_by: str
     attempt: int
     def __init__(self, stage: _Optional[str] = ..., requested_by: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class RequestWaiting(_message.Message):
+    __slots__ = ("stage", "reason", "detail", "until")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    reason: str
+    detail: str
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, stage: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BreakerStateChanged(_message.Message):
     __slots__ = ("breaker", "old_state", "new_state", "fail_counter", "success_counter", "total_calls", "total_failures")

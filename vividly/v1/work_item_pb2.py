@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avividly/v1/work_item.proto\x12\nvividly.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x0bRequestSpec\x12\x12\n\nstudent_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x1a\n\x12learning_objective\x18\x04 \x01(\t\x12\x13\n\x0bgrade_level\x18\x05 \x01(\t\x12\x18\n\x10\x64uration_minutes\x18\x06 \x01(\x05\x12\x15\n\rmetadata_json\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x15\n\rstudent_email\x18\t \x01(\t\"\xb8\x02\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12(\n\x07request\x18\x03 \x01(\x0b\x32\x17.vividly.v1.RequestSpec\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12;\n\x0coutputs_json\x18\x06 \x03(\x0b\x32%.vividly.v1.WorkItem.OutputsJsonEntry\x12\x30\n\x0csubmitted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x1a\x32\n\x10OutputsJsonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avividly/v1/work_item.proto\x12\nvividly.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x0bRequestSpec\x12\x12\n\nstudent_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x1a\n\x12learning_objective\x18\x04 \x01(\t\x12\x13\n\x0bgrade_level\x18\x05 \x01(\t\x12\x18\n\x10\x64uration_minutes\x18\x06 \x01(\x05\x12\x15\n\rmetadata_json\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x15\n\rstudent_email\x18\t \x01(\t\"\xde\x02\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12(\n\x07request\x18\x03 \x01(\x0b\x32\x17.vividly.v1.RequestSpec\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12;\n\x0coutputs_json\x18\x06 \x03(\x0b\x32%.vividly.v1.WorkItem.OutputsJsonEntry\x12\x30\n\x0csubmitted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12$\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x13.vividly.v1.Failure\x1a\x32\n\x10OutputsJsonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"/\n\x07\x46\x61ilure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTSPEC']._serialized_start=76
   _globals['_REQUESTSPEC']._serialized_end=295
   _globals['_WORKITEM']._serialized_start=298
-  _globals['_WORKITEM']._serialized_end=610
-  _globals['_WORKITEM_OUTPUTSJSONENTRY']._serialized_start=560
-  _globals['_WORKITEM_OUTPUTSJSONENTRY']._serialized_end=610
+  _globals['_WORKITEM']._serialized_end=648
+  _globals['_WORKITEM_OUTPUTSJSONENTRY']._serialized_start=598
+  _globals['_WORKITEM_OUTPUTSJSONENTRY']._serialized_end=648
+  _globals['_FAILURE']._serialized_start=650
+  _globals['_FAILURE']._serialized_end=697
 # @@protoc_insertion_point(module_scope)

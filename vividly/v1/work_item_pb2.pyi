@@ -32,7 +32,7 @@ class RequestSpec(_message.Message):
     def __init__(self, student_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., topic: _Optional[str] = ..., learning_objective: _Optional[str] = ..., grade_level: _Optional[str] = ..., duration_minutes: _Optional[int] = ..., metadata_json: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., student_email: _Optional[str] = ...) -> None: ...
 
 class WorkItem(_message.Message):
-    __slots__ = ("request_id", "correlation_id", "request", "stage", "attempt", "outputs_json", "submitted_at", "traceparent")
+    __slots__ = ("request_id", "correlation_id", "request", "stage", "attempt", "outputs_json", "submitted_at", "traceparent", "failure")
     class OutputsJsonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class WorkItem(_message.Message):
     OUTPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     correlation_id: str
     request: RequestSpec
@@ -56,4 +57,13 @@ class WorkItem(_message.Message):
     outputs_json: _containers.ScalarMap[str, bytes]
     submitted_at: _timestamp_pb2.Timestamp
     traceparent: str
-    def __init__(self, request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., request: _Optional[_Union[RequestSpec, _Mapping]] = ..., stage: _Optional[str] = ..., attempt: _Optional[int] = ..., outputs_json: _Optional[_Mapping[str, bytes]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    failure: Failure
+    def __init__(self, request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., request: _Optional[_Union[RequestSpec, _Mapping]] = ..., stage: _Optional[str] = ..., attempt: _Optional[int] = ..., outputs_json: _Optional[_Mapping[str, bytes]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("stage", "error_message")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    error_message: str
+    def __init__(self, stage: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
