@@ -193,6 +193,7 @@ class ConsumerLoop:
         publisher: Publisher,
         handlers: Mapping[type[ProtoMessage], Handler],
         produces: Sequence[str] = (),
+        gates: Sequence[Callable[[], bool]] = (),
         name: str = "vividly",
         topic_partitions: Mapping[str, int] | None = None,
         dlq_topic: str = DLQ_TOPIC,
@@ -206,6 +207,7 @@ class ConsumerLoop:
         self.handlers = dict(handlers)
         self.name = name
         self.dlq_topic = dlq_topic
+        self.gates = list(gates)
         self.max_in_flight = max_in_flight or settings.max_in_flight
         self.topic_partitions = {
             t: settings.topic_partitions for t in [*self.topics, *produces, dlq_topic]
@@ -265,7 +267,9 @@ class ConsumerLoop:
                 if self._fatal is not None:
                     raise self._fatal
                 room = self.max_in_flight - len(self._tasks)
-                await self._set_paused(room <= 0)
+                # A closed gate (say, an open circuit breaker) stops new input; work in
+                # flight carries on.
+                await self._set_paused(room <= 0 or not all(g() for g in self.gates))
                 batch = await self._call(
                     consumer.consume, max(room, 1) if room > 0 else 1, 0.05 if self._tasks else 0.2
                 )

@@ -32,6 +32,7 @@ STAGE_TOPICS: tuple[str, ...] = (
     "requests.scripted",
     "requests.rendered",
 )
+SUBMITTED, VALIDATED, RETRIEVED, SCRIPTED, RENDERED = STAGE_TOPICS
 
 
 class Settings(BaseSettings):
@@ -79,6 +80,37 @@ class Settings(BaseSettings):
     pg_port: int = Field(default=5433, ge=1, le=65535)
     api_port: int = Field(default=8000, ge=1, le=65535)
 
+    # --- stages: retries and breakers -------------------------------------------------
+    stage_max_attempts: int = Field(default=3, ge=1, description="Tries per stage.")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay.")
+    retry_backoff_max_s: float = Field(default=30.0, ge=0)
+    retry_jitter: float = Field(default=0.2, ge=0, le=1, description="± fraction of delay.")
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_reset_timeout_s: float = Field(default=10.0, gt=0)
+    http_timeout_s: float = Field(default=30.0, gt=0)
+
+    # --- external APIs (local emulators by default; real endpoints work unchanged) -----
+    gemini_base_url: str = "http://127.0.0.1:8701"
+    gemini_api_key: str = "local-emulator-key"
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_embedding_model: str = "gemini-embedding-001"
+    embedding_dim: int = Field(default=384, ge=8)
+    video_api_url: str = "http://127.0.0.1:8702"
+    video_api_key: str = "local-emulator-key"
+    video_poll_interval_s: float = Field(default=1.0, gt=0)
+    video_timeout_s: float = Field(default=600.0, gt=0)
+    s3_endpoint_url: str | None = "http://127.0.0.1:8703"
+    s3_bucket: str = "vividly-videos"
+    s3_region: str = "us-east-1"
+    cdn_base_url: str | None = Field(
+        default=None, description="Public URL prefix of the bucket; default: the S3 endpoint."
+    )
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8025, ge=1, le=65535)
+    smtp_from: str = "Vividly <noreply@vividly.edu>"
+    rag_cache_ttl_s: float = Field(default=3600.0, ge=0)
+    rag_top_k: int = Field(default=5, ge=1, le=50)
+
     # --- logging -----------------------------------------------------------------------
     log_level: str = Field(default="INFO")
 
@@ -88,3 +120,9 @@ class Settings(BaseSettings):
 
     def effective_database_url(self) -> str:
         return self.database_url or self.local_database_url()
+
+    def effective_cdn_base_url(self) -> str:
+        if self.cdn_base_url:
+            return self.cdn_base_url.rstrip("/")
+        base = (self.s3_endpoint_url or f"https://{self.s3_bucket}.s3.amazonaws.com").rstrip("/")
+        return f"{base}/{self.s3_bucket}" if self.s3_endpoint_url else base

@@ -135,6 +135,7 @@ class RequestTracker:
         self._correlations: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._correlation_cache_size = correlation_cache_size
         self._stage_starts: dict[tuple[str, str], float] = {}
+        self.last_created: RequestSpec | None = None
 
     @classmethod
     def from_settings(
@@ -191,6 +192,7 @@ class RequestTracker:
             )
         )
         self._send(env, "request_created")
+        self.last_created = env.request_created.request
         return request_id, correlation_id
 
     def start_request(self, request_id: str) -> None:

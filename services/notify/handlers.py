@@ -1,0 +1,162 @@
+"""Notification: the student's content_ready email, or the error email for a failed
+request; one email per outcome of a request, however often a message is redelivered."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any, Protocol
+
+from services.notify.providers import Mailer
+from vividly.breakers import guarded, smtp_breaker
+from vividly.bus import Delivery, Outgoing
+from vividly.events import WorkItem
+from vividly.stage import StageContext, StageRunner
+from vividly.tracker import RequestTracker
+
+
+class SendLedger(Protocol):
+    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> bool: ...
+
+    async def mark_sent(self, request_id: str, kind: str) -> None: ...
+
+    async def release(self, request_id: str, kind: str) -> None: ...
+
+
+class MemorySendLedger:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], str] = {}
+
+    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> bool:
+        if (request_id, kind) in self.rows:
+            return False
+        self.rows[(request_id, kind)] = "sending"
+        return True
+
+    async def mark_sent(self, request_id: str, kind: str) -> None:
+        self.rows[(request_id, kind)] = "sent"
+
+    async def release(self, request_id: str, kind: str) -> None:
+        if self.rows.get((request_id, kind)) == "sending":
+            del self.rows[(request_id, kind)]
+
+
+def recipient(item: WorkItem) -> str:
+    return item.request.student_email or f"{item.request.student_id}@students.vividly.local"
+
+
+def compose(
+    item: WorkItem,
+    kind: str,
+    sender: str,
+    video_url: str = "",
+    thumbnail_url: str = "",
+    error: str = "",
+) -> EmailMessage:
+    topic = item.request.topic
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient(item)
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = f"<{item.request_id}.{kind}@vividly.edu>"
+    msg["X-Correlation-ID"] = item.correlation_id
+    msg["X-Vividly-Request-ID"] = item.request_id
+    msg["X-Vividly-Template"] = kind
+    if kind == "content_ready":
+        msg["Subject"] = f"Your video on {topic} is ready"
+        msg.set_content(
+            f"Hi!\n\nYour video on {topic} is ready to watch:\n{video_url}\n\n"
+            f"Thumbnail: {thumbnail_url}\n\nHappy learning,\nVividly\n"
+        )
+    else:
+        msg["Subject"] = f"We couldn't make your video on {topic}"
+        msg.set_content(
+            f"Hi!\n\nSorry: we could not make your video on {topic}.\n"
+            f"What went wrong: {error}\n\nYou can submit the request again, or ask your "
+            "teacher to retry it from the dashboard.\n\nVividly\n"
+        )
+    return msg
+
+
+class Notifier:
+    def __init__(self, mailer: Mailer, ledger: SendLedger, sender: str) -> None:
+        self.mailer = mailer
+        self.ledger = ledger
+        self.sender = sender
+
+    async def send_once(self, item: WorkItem, kind: str, msg: EmailMessage) -> bool:
+        """Send unless this outcome's email was already sent; True if sent now."""
+        if not await self.ledger.claim(
+            item.request_id, kind, str(msg["Message-ID"]), str(msg["To"])
+        ):
+            return False
+        try:
+            await guarded(smtp_breaker, lambda: self.mailer.send(msg))
+        except BaseException:
+            await self.ledger.release(item.request_id, kind)
+            raise
+        await self.ledger.mark_sent(item.request_id, kind)
+        return True
+
+    async def content_ready(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        vp = ctx.output_of("video_processing")
+        msg = compose(
+            item, "content_ready", self.sender, vp.get("cdn_url", ""), vp.get("thumbnail_url", "")
+        )
+        sent = await self.send_once(item, "content_ready", msg)
+        if sent:
+            ctx.log(
+                "notification_sent",
+                "Email sent to student",
+                data={"template": "content_ready", "to": str(msg["To"])},
+            )
+        else:
+            ctx.log("notification_skipped", "content_ready email was already sent")
+        return {
+            "template": "content_ready",
+            "recipient": str(msg["To"]),
+            "message_id": str(msg["Message-ID"]),
+            "sent_now": sent,
+        }
+
+
+class NotifyHandler:
+    """Normal items run the notification stage; failure items send the error email."""
+
+    def __init__(
+        self, runner: StageRunner, notifier: Notifier, tracker: RequestTracker, sender: str
+    ) -> None:
+        self.runner = runner
+        self.notifier = notifier
+        self.tracker = tracker
+        self.sender = sender
+
+    async def __call__(self, delivery: Delivery, item: WorkItem) -> list[Outgoing]:
+        if not item.HasField("failure"):
+            return await self.runner(delivery, item)
+        msg = compose(item, "error", self.sender, error=item.failure.error_message)
+        sent = await self.notifier.send_once(item, "error", msg)
+        self.tracker.log_event(
+            item.request_id,
+            "error_notification_sent" if sent else "error_notification_skipped",
+            f"Error email {'sent' if sent else 'was already sent'} to student",
+            severity="info",
+            event_data={"failed_stage": item.failure.stage},
+        )
+        return []
+
+
+def completer(tracker: RequestTracker) -> Any:
+    async def complete(item: WorkItem) -> None:
+        import orjson
+
+        vp = orjson.loads(item.outputs_json.get("video_processing") or b"{}")
+        sg = orjson.loads(item.outputs_json.get("script_generation") or b"{}")
+        tracker.complete_request(
+            item.request_id,
+            video_url=vp.get("cdn_url", ""),
+            script_text=sg.get("script", ""),
+            thumbnail_url=vp.get("thumbnail_url", ""),
+        )
+
+    return complete

@@ -1,0 +1,36 @@
+"""notify: consumes requests.rendered; emails the student (content ready, or the error);
+records the request as completed."""
+
+from __future__ import annotations
+
+from services.notify.handlers import Notifier, NotifyHandler, completer
+from services.notify.providers import SmtpMailer
+from vividly.breakers import smtp_breaker
+from vividly.config import RENDERED
+from vividly.ledger import NotificationLedger, PgLedger
+from vividly.service import Built, Deps, run
+from vividly.stage import Stage, StageRunner
+
+
+async def build(deps: Deps) -> Built:
+    s = deps.settings
+    notifier = Notifier(SmtpMailer(s), NotificationLedger(deps.pool), s.smtp_from)
+    runner = StageRunner(
+        tracker=deps.tracker,
+        stages=[Stage("notification", notifier.content_ready, breakers=(smtp_breaker,))],
+        settings=s,
+        input_topic=RENDERED,
+        next_topic=None,
+        ledger=PgLedger(deps.pool),
+        on_done=completer(deps.tracker),
+    )
+    handler = NotifyHandler(runner, notifier, deps.tracker, s.smtp_from)
+    return Built(handler=handler, gates=[runner.accepting])
+
+
+def main() -> None:
+    run("notify", input_topic=RENDERED, produces=[], build=build)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""rag: consumes requests.validated, retrieves OER passages, produces requests.retrieved."""
+
+from __future__ import annotations
+
+from services.rag.handlers import Retrieval, TTLCache
+from services.rag.providers import GeminiEmbedder, PgRetriever
+from vividly.breakers import gemini_breaker
+from vividly.config import RETRIEVED, VALIDATED
+from vividly.ledger import PgLedger
+from vividly.service import Built, Deps, run
+from vividly.stage import Stage, StageRunner
+
+
+async def build(deps: Deps) -> Built:
+    s = deps.settings
+    work = Retrieval(
+        GeminiEmbedder(s), PgRetriever(deps.pool), TTLCache(s.rag_cache_ttl_s), s.rag_top_k
+    )
+    runner = StageRunner(
+        tracker=deps.tracker,
+        stages=[Stage("rag_retrieval", work, breakers=(gemini_breaker,))],
+        settings=s,
+        input_topic=VALIDATED,
+        next_topic=RETRIEVED,
+        ledger=PgLedger(deps.pool),
+    )
+    return Built(handler=runner, gates=[runner.accepting])
+
+
+def main() -> None:
+    run("rag", input_topic=VALIDATED, produces=[RETRIEVED], build=build)
+
+
+if __name__ == "__main__":
+    main()

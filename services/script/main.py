@@ -1,0 +1,33 @@
+"""script: consumes requests.retrieved, writes the script with Gemini, produces
+requests.scripted."""
+
+from __future__ import annotations
+
+from services.script.handlers import ScriptGeneration
+from services.script.providers import GeminiScriptWriter
+from vividly.breakers import gemini_breaker
+from vividly.config import RETRIEVED, SCRIPTED
+from vividly.ledger import PgLedger
+from vividly.service import Built, Deps, run
+from vividly.stage import Stage, StageRunner
+
+
+async def build(deps: Deps) -> Built:
+    work = ScriptGeneration(GeminiScriptWriter(deps.settings))
+    runner = StageRunner(
+        tracker=deps.tracker,
+        stages=[Stage("script_generation", work, breakers=(gemini_breaker,))],
+        settings=deps.settings,
+        input_topic=RETRIEVED,
+        next_topic=SCRIPTED,
+        ledger=PgLedger(deps.pool),
+    )
+    return Built(handler=runner, gates=[runner.accepting])
+
+
+def main() -> None:
+    run("script", input_topic=RETRIEVED, produces=[SCRIPTED], build=build)
+
+
+if __name__ == "__main__":
+    main()

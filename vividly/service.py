@@ -1,0 +1,111 @@
+"""What every stage service's ``main.py`` shares: build clients, run the loop, clean up.
+
+A service supplies a ``build`` coroutine that receives the shared :class:`Deps` (settings,
+tracker, publisher, Postgres pool) and returns its handler (usually a
+:class:`~vividly.stage.StageRunner`) plus anything to close on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vividly.breakers import configure_breakers, publish_breaker_events
+from vividly.bus import ConsumerLoop, Handler
+from vividly.config import DLQ_TOPIC, RENDERED, Settings
+from vividly.events import WorkItem
+from vividly.ledger import create_pool
+from vividly.logs import configure_logging
+from vividly.publish import KafkaPublisher
+from vividly.tracker import RequestTracker
+
+log = logging.getLogger("vividly.service")
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    tracker: RequestTracker
+    publisher: KafkaPublisher
+    pool: Any
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class Built:
+    handler: Handler
+    gates: Sequence[Callable[[], bool]] = ()
+
+
+Build = Callable[[Deps], Awaitable[Built]]
+
+
+async def serve(
+    name: str,
+    settings: Settings,
+    *,
+    input_topic: str,
+    produces: Sequence[str],
+    build: Build,
+    max_in_flight: int | None = None,
+) -> None:
+    """Run one stage service until SIGTERM/SIGINT, then drain, flush and close."""
+    publisher = KafkaPublisher(settings, name)
+    tracker = RequestTracker.from_settings(settings, publisher)
+    configure_breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s)
+    publish_breaker_events(tracker)
+    pool = await create_pool(settings.effective_database_url(), size=8)
+    deps = Deps(settings, tracker, publisher, pool)
+    try:
+        built = await build(deps)
+        loop = ConsumerLoop(
+            settings=settings,
+            group_id=name,
+            topics=[input_topic],
+            publisher=publisher,
+            handlers={WorkItem: built.handler},
+            produces=[*produces, input_topic, RENDERED, DLQ_TOPIC],
+            gates=built.gates,
+            name=name,
+            max_in_flight=max_in_flight,
+        )
+        await loop.run()
+    finally:
+        for close in reversed(deps.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing a client failed")
+        await pool.close()
+        report = await asyncio.to_thread(publisher.close, 30.0)
+        if not report.ok:
+            log.error(
+                "events not delivered at shutdown",
+                extra={"failed": report.failed, "pending": report.pending},
+            )
+
+
+def run(
+    name: str,
+    *,
+    input_topic: str,
+    produces: Sequence[str],
+    build: Build,
+    max_in_flight: int | None = None,
+) -> None:
+    """Entry point for ``python -m services.<name>.main``."""
+    settings = Settings(producer_name=name)
+    configure_logging(name, settings.log_level)
+    asyncio.run(
+        serve(
+            name,
+            settings,
+            input_topic=input_topic,
+            produces=produces,
+            build=build,
+            max_in_flight=max_in_flight,
+        )
+    )

@@ -1,0 +1,334 @@
+"""Running pipeline stages: tracking, breakers, retries and failure handling in one place.
+
+A stage service registers a :class:`StageRunner` as the consumer loop's WorkItem handler.
+For each work item the runner runs its stages in order (the video service has two), and:
+
+- tracks each with StageStarted / StageCompleted (through the tracker, with duration and
+  output) and records the completion in the :class:`Ledger`, so a redelivered item never
+  completes the same stage attempt twice;
+- when a stage's breaker is open, does not burn the attempt: the request is marked
+  ``waiting`` with reason ``circuit_open``, the runner stops taking new input (its
+  ``accepting`` gate), and the item waits for the breaker's trial call;
+- on a retryable failure with attempts left: StageFailed (retryable), StageRetryScheduled
+  with the due time (exponential backoff with jitter), and the item is republished to the
+  stage's own input topic with the attempt raised and a not-before header;
+- on a non-retryable failure or when attempts run out: StageFailed, RequestFailed with
+  the stage, the work item to ``requests.dlq``, and a failure item to the notification
+  topic for the student's error email;
+- after the last stage, the ``on_done`` hook (notify completes the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from pybreaker import CircuitBreaker
+
+from vividly.breakers import CircuitOpen, retry_at
+from vividly.bus import Delivery, Outgoing, RetryableError
+from vividly.config import DLQ_TOPIC, RENDERED, STAGES, Settings
+from vividly.events import H_CORRELATION, H_TRACEPARENT, H_TYPE, WorkItem
+from vividly.tracker import RequestTracker
+
+log = logging.getLogger("vividly.stage")
+
+H_NOT_BEFORE = "vividly-not-before-ms"
+
+
+class Ledger(Protocol):
+    """Durable record of completed stage attempts (Postgres in services, memory in tests)."""
+
+    async def record_completion(
+        self, request_id: str, stage: str, attempt: int, output: bytes
+    ) -> tuple[bool, bytes]:
+        """Store the output unless already stored; (stored now?, the stored output)."""
+        ...
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, int], bytes] = {}
+
+    async def record_completion(
+        self, request_id: str, stage: str, attempt: int, output: bytes
+    ) -> tuple[bool, bytes]:
+        key = (request_id, stage, attempt)
+        if key in self.rows:
+            return False, self.rows[key]
+        self.rows[key] = output
+        return True, output
+
+
+@dataclass
+class StageContext:
+    """What a stage's work function gets besides the item: its tracker, ids, attempt."""
+
+    tracker: RequestTracker
+    item: WorkItem
+    stage: str
+    attempt: int
+
+    @property
+    def request_id(self) -> str:
+        return self.item.request_id
+
+    @property
+    def correlation_id(self) -> str:
+        return self.item.correlation_id
+
+    def headers(self) -> dict[str, str]:
+        """Correlation headers for outgoing HTTP calls."""
+        out = {"X-Correlation-ID": self.item.correlation_id}
+        if self.item.traceparent:
+            out["traceparent"] = self.item.traceparent
+        return out
+
+    def log(
+        self,
+        event_type: str,
+        message: str,
+        severity: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.tracker.log_event(
+            self.item.request_id,
+            event_type,
+            message,
+            stage_name=self.stage,
+            severity=severity,
+            event_data=data,
+        )
+
+    def output_of(self, stage: str) -> dict[str, Any]:
+        raw = self.item.outputs_json.get(stage)
+        return orjson.loads(raw) if raw else {}
+
+
+StageWork = Callable[[WorkItem, StageContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Stage:
+    name: str
+    work: StageWork
+    breakers: tuple[CircuitBreaker, ...] = ()
+    max_attempts: int | None = None  # default: settings.stage_max_attempts
+
+    def __post_init__(self) -> None:
+        if self.name not in STAGES:
+            raise ValueError(f"unknown stage {self.name!r}")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    flag = getattr(exc, "is_retryable", None)
+    if flag is not None:
+        return bool(flag)
+    return isinstance(exc, TimeoutError | ConnectionError | RetryableError)
+
+
+@dataclass
+class _Outcome:
+    output: dict[str, Any] | None = None
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+class StageRunner:
+    """The WorkItem handler every stage service registers with its ConsumerLoop."""
+
+    def __init__(
+        self,
+        *,
+        tracker: RequestTracker,
+        stages: Sequence[Stage],
+        settings: Settings,
+        input_topic: str,
+        next_topic: str | None,
+        ledger: Ledger,
+        notify_topic: str = RENDERED,
+        dlq_topic: str = DLQ_TOPIC,
+        on_done: Callable[[WorkItem], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.stages = list(stages)
+        self.by_name = {s.name: i for i, s in enumerate(self.stages)}
+        self.settings = settings
+        self.input_topic = input_topic
+        self.next_topic = next_topic
+        self.ledger = ledger
+        self.notify_topic = notify_topic
+        self.dlq_topic = dlq_topic
+        self.on_done = on_done
+        self.rng = rng or random.Random()
+        self.waiting = 0  # items held by an open breaker right now
+
+    # -- the loop's gate: take no new input while one of our breakers is open -----------
+    def accepting(self) -> bool:
+        now = time.time()
+        for s in self.stages:
+            for breaker in s.breakers:
+                due = retry_at(breaker)
+                if due is not None and due > now:
+                    return False
+        return True
+
+    async def __call__(self, delivery: Delivery, item: WorkItem) -> list[Outgoing]:
+        first = self.by_name.get(item.stage)
+        if first is None:
+            raise ValueError(
+                f"{self.input_topic} carries stage {item.stage!r}; this service "
+                f"runs {', '.join(self.by_name)}"
+            )
+        await self._wait_until_due(delivery)
+        current = item
+        for index in range(first, len(self.stages)):
+            stage = self.stages[index]
+            outcome = await self._run(stage, current)
+            if outcome.output is None:
+                return outcome.outgoing
+            current = self._advance(current, stage.name, outcome.output)
+        if self.on_done is not None:
+            await self.on_done(current)
+        if self.next_topic is None:
+            return []
+        return [self._outgoing(self.next_topic, current)]
+
+    # -- one stage -------------------------------------------------------------------------
+    async def _run(self, stage: Stage, item: WorkItem) -> _Outcome:
+        rid = item.request_id
+        attempt = item.attempt or 1
+        ctx = StageContext(self.tracker, item, stage.name, attempt)
+        self.tracker.start_stage(rid, stage.name, attempt=attempt)
+        started = time.perf_counter()
+        while True:
+            try:
+                output = await stage.work(item, ctx)
+                break
+            except CircuitOpen as exc:
+                await self._hold(rid, stage, exc)
+            except Exception as exc:
+                return self._failed(stage, item, attempt, exc, started)
+        raw = orjson.dumps(output)
+        first, stored = await self.ledger.record_completion(rid, stage.name, attempt, raw)
+        if first:
+            self.tracker.complete_stage(
+                rid,
+                stage.name,
+                output_data=output,
+                attempt=attempt,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        else:
+            log.info(
+                "stage attempt already completed; not recording it twice",
+                extra={"stage": stage.name, "attempt": attempt},
+            )
+            output = orjson.loads(stored)
+        return _Outcome(output=output)
+
+    async def _hold(self, request_id: str, stage: Stage, exc: CircuitOpen) -> None:
+        """Wait, without burning the attempt, until the breaker lets a trial call through."""
+        self.tracker.mark_waiting(
+            request_id,
+            stage.name,
+            "circuit_open",
+            f"{exc.breaker} circuit breaker is open",
+            exc.retry_at,
+        )
+        self.waiting += 1
+        try:
+            # Spread the trial calls a little so one request probes first.
+            delay = max(0.0, exc.retry_at - time.time()) + self.rng.uniform(0, 0.25)
+            await asyncio.sleep(delay)
+        finally:
+            self.waiting -= 1
+
+    def _failed(
+        self, stage: Stage, item: WorkItem, attempt: int, exc: BaseException, started: float
+    ) -> _Outcome:
+        rid = item.request_id
+        retryable = is_retryable(exc)
+        max_attempts = stage.max_attempts or self.settings.stage_max_attempts
+        message = str(exc) or type(exc).__name__
+        details = {
+            "exception_type": type(exc).__name__,
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+        }
+        details.update(getattr(exc, "details", None) or {})
+        self.tracker.fail_stage(
+            rid,
+            stage.name,
+            message,
+            error_details=details,
+            is_retryable=retryable,
+            attempt=attempt,
+            work_item=item,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+        if retryable and attempt < max_attempts:
+            delay = self._backoff(attempt)
+            due = time.time() + delay
+            self.tracker.schedule_retry(rid, stage.name, attempt + 1, due, message)
+            retry = WorkItem()
+            retry.CopyFrom(item)
+            retry.stage = stage.name
+            retry.attempt = attempt + 1
+            out = self._outgoing(self.input_topic, retry)
+            out.headers.append((H_NOT_BEFORE, str(int(due * 1000)).encode()))
+            return _Outcome(outgoing=[out])
+        reason = "retries_exhausted" if retryable else "non_retryable"
+        self.tracker.fail_request(rid, message, stage.name, {**details, "reason": reason})
+        dead = self._outgoing(self.dlq_topic, item)
+        dead.headers.extend(
+            [
+                ("dlq-reason", reason.encode()),
+                ("dlq-detail", f"{stage.name}: {message}"[:4000].encode()),
+                ("dlq-stage", stage.name.encode()),
+            ]
+        )
+        failure = WorkItem()
+        failure.CopyFrom(item)
+        failure.stage = "notification"
+        failure.attempt = 1
+        failure.failure.stage = stage.name
+        failure.failure.error_message = message
+        return _Outcome(outgoing=[dead, self._outgoing(self.notify_topic, failure)])
+
+    def _backoff(self, attempt: int) -> float:
+        base: float = self.settings.retry_backoff_s * (2.0 ** (attempt - 1))
+        base = min(base, self.settings.retry_backoff_max_s)
+        jitter = self.settings.retry_jitter
+        return float(max(0.0, base * (1 + self.rng.uniform(-jitter, jitter))))
+
+    async def _wait_until_due(self, delivery: Delivery) -> None:
+        for key, value in delivery.headers.raw:
+            if key == H_NOT_BEFORE:
+                delay = int(value) / 1000.0 - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                return
+
+    def _advance(self, item: WorkItem, stage: str, output: dict[str, Any]) -> WorkItem:
+        nxt = WorkItem()
+        nxt.CopyFrom(item)
+        nxt.outputs_json[stage] = orjson.dumps(output)
+        following = STAGES.index(stage) + 1
+        nxt.stage = STAGES[following] if following < len(STAGES) else stage
+        nxt.attempt = 1
+        return nxt
+
+    def _outgoing(self, topic: str, item: WorkItem) -> Outgoing:
+        headers = [(H_TYPE, b"vividly.v1.WorkItem")]
+        if item.correlation_id:
+            headers.append((H_CORRELATION, item.correlation_id.encode()))
+        if item.traceparent:
+            headers.append((H_TRACEPARENT, item.traceparent.encode()))
+        return Outgoing(topic, item.request_id.encode(), item.SerializeToString(), headers)

@@ -1,0 +1,61 @@
+"""Submitting a request to the pipeline: the RequestCreated/RequestStarted events plus the
+work item on ``requests.submitted`` (what ``POST /api/v1/requests`` and ``vividly submit``
+do)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vividly.bus import Outgoing
+from vividly.config import SUBMITTED
+from vividly.events import WorkItem, traceparent_for
+from vividly.publish import Publisher
+from vividly.tracker import RequestTracker
+
+
+def submit_request(
+    tracker: RequestTracker,
+    publisher: Publisher,
+    *,
+    student_id: str,
+    topic: str,
+    learning_objective: str,
+    grade_level: str,
+    duration_minutes: int,
+    metadata: Mapping[str, Any] | None = None,
+    organization_id: str = "",
+    idempotency_key: str | None = None,
+    student_email: str = "",
+) -> tuple[str, str]:
+    """Track a new request and hand it to the pipeline; returns (request_id, correlation_id).
+
+    Nothing is validated here beyond what the tracker checks: validation is the pipeline's
+    first stage, so an invalid request is recorded as failed at ``validation`` with the
+    field named.
+    """
+    request_id, correlation_id = tracker.create_request(
+        student_id=student_id,
+        topic=topic,
+        learning_objective=learning_objective,
+        grade_level=grade_level,
+        duration_minutes=duration_minutes,
+        metadata=metadata,
+        organization_id=organization_id,
+        idempotency_key=idempotency_key,
+        student_email=student_email,
+    )
+    tracker.start_request(request_id)
+    assert tracker.last_created is not None
+    item = WorkItem(
+        request_id=request_id,
+        correlation_id=correlation_id,
+        stage="validation",
+        attempt=1,
+        traceparent=traceparent_for(correlation_id),
+    )
+    item.request.CopyFrom(tracker.last_created)
+    item.submitted_at.GetCurrentTime()
+    out = Outgoing.of(SUBMITTED, request_id, item, correlation_id, item.traceparent)
+    publisher.publish(out.topic, out.key, out.value, out.headers)
+    return request_id, correlation_id
