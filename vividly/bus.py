@@ -419,6 +419,10 @@ class ConsumerLoop:
                         msg, delivery.headers, "handler_error", f"{type(exc).__name__}: {exc}"
                     )
                     return
+            if outputs:
+                # Every fact the handler published (tracking events) is durable before
+                # the next stage can see its input: a request's events stay causal.
+                await self._delivered(self.publisher.last_seq())
             for out in outputs or ():
                 await self._publish_durably(out.topic, out.key, out.value, out.headers)
             self.stats.handled += 1
@@ -427,6 +431,17 @@ class ConsumerLoop:
                 current_request.reset(ctx_token)
             if log_token is not None:
                 log_context.reset(log_token)
+
+    async def _delivered(self, seq: int) -> None:
+        assert self._aio is not None
+        loop = self._aio
+        fut: asyncio.Future[str | None] = loop.create_future()
+
+        def done() -> None:
+            loop.call_soon_threadsafe(_resolve, fut, None)
+
+        self.publisher.when_delivered(seq, done)
+        await fut
 
     async def _publish_durably(
         self, topic: str, key: bytes, value: bytes, headers: Headers, tries: int = 3

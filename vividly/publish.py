@@ -14,6 +14,7 @@ that to commit an input's offset only after everything produced while handling i
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import threading
 import time
@@ -76,6 +77,10 @@ class Publisher(Protocol):
         ...
 
     def last_seq(self) -> int: ...
+
+    def when_delivered(self, seq: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from any thread) once everything up to ``seq`` is settled."""
+        ...
 
     def flush(self, timeout: float = 30.0) -> FlushReport: ...
 
@@ -156,6 +161,7 @@ class KafkaPublisher:
         self._lock = threading.Lock()
         self._seq = 0
         self._window = CompletionWindow()
+        self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self.published = 0
         self.delivered = 0
         self.failed = 0
@@ -212,6 +218,13 @@ class KafkaPublisher:
     def last_seq(self) -> int:
         return self._seq
 
+    def when_delivered(self, seq: int, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if self._window.done_through() < seq:
+                heapq.heappush(self._waiters, (seq, id(callback), callback))
+                return
+        callback()
+
     def flush(self, timeout: float = 30.0) -> FlushReport:
         """Wait up to ``timeout`` for queued messages; report, and log, what did not make it."""
         pending = self._producer.flush(timeout)
@@ -243,8 +256,15 @@ class KafkaPublisher:
     def _settle(
         self, seq: int, error: str | None, topic: str = "", key: bytes | None = None
     ) -> None:
+        ready: list[Callable[[], None]] = []
         with self._lock:
             self._window.finish(seq)
+            if self._waiters:
+                through = self._window.done_through()
+                while self._waiters and self._waiters[0][0] <= through:
+                    ready.append(heapq.heappop(self._waiters)[2])
+        for callback in ready:
+            callback()
         if error is None:
             self.delivered += 1
         else:

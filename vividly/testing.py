@@ -6,6 +6,7 @@ against the real Kafka implementations, so they cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -76,6 +77,9 @@ class FakePublisher:
 
     def last_seq(self) -> int:
         return self._seq
+
+    def when_delivered(self, seq: int, callback: Callable[[], None]) -> None:
+        callback()
 
     def flush(self, timeout: float = 30.0) -> FlushReport:
         return FlushReport(

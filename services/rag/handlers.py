@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -42,6 +43,8 @@ class Retrieval:
         self.retriever = retriever
         self.cache = cache
         self.top_k = top_k
+        # Single flight: concurrent requests for the same key share one retrieval.
+        self.inflight: dict[str, asyncio.Future[list[Chunk]]] = {}
 
     async def __call__(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
         spec = item.request
@@ -49,19 +52,46 @@ class Retrieval:
         ctx.log("api_call", "Querying Vector Search for OER content")
         key = f"rag_results:{spec.topic.strip().lower()}:{grade}"
         chunks = self.cache.get(key)
-        if chunks is not None:
+        pending = self.inflight.get(key)
+        if chunks is None and pending is not None:
+            chunks = await asyncio.shield(pending)
+            ctx.log(
+                "cache_hit",
+                "Retrieved results from cache (shared retrieval)",
+                data={"key": key, "coalesced": True},
+            )
+        elif chunks is not None:
             ctx.log("cache_hit", "Retrieved results from cache", data={"key": key})
         else:
-            query = f"{spec.topic}. {spec.learning_objective}"
-            headers = ctx.headers()
-            vectors = await guarded(gemini_breaker, lambda: self.embedder.embed([query], headers))
-            chunks = await self.retriever.search(query, vectors[0], grade, self.top_k)
-            self.cache.set(key, chunks)
+            fut: asyncio.Future[list[Chunk]] = asyncio.get_running_loop().create_future()
+            self.inflight[key] = fut
+            try:
+                chunks = await self._retrieve(item, ctx, grade)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: waiters re-raise it themselves
+                raise
+            else:
+                fut.set_result(chunks)
+                self.cache.set(key, chunks)
+            finally:
+                self.inflight.pop(key, None)
             ctx.log(
                 "rag_completed",
                 f"Retrieved {len(chunks)} content chunks",
                 data={"chunks": len(chunks)},
             )
+        return self._output(chunks)
+
+    async def _retrieve(self, item: WorkItem, ctx: StageContext, grade: str) -> list[Chunk]:
+        spec = item.request
+        query = f"{spec.topic}. {spec.learning_objective}"
+        headers = ctx.headers()
+        vectors = await guarded(gemini_breaker, lambda: self.embedder.embed([query], headers))
+        return await self.retriever.search(query, vectors[0], grade, self.top_k)
+
+    @staticmethod
+    def _output(chunks: list[Chunk]) -> dict[str, Any]:
         return {
             "chunks_retrieved": len(chunks),
             "sources": [c.source for c in chunks],

@@ -112,3 +112,17 @@ def test_failed_deliveries_are_reported_not_silent(caplog: pytest.LogCaptureFixt
         assert "delivery failed" in caplog.text
         assert len(report.failures) == 3
     real.close(1)
+
+
+def test_when_delivered_fires_once_everything_up_to_seq_is_settled(
+    publisher_and_reader: tuple[Publisher, Any, str],
+) -> None:
+    pub, _read, topic = publisher_and_reader
+    seqs = [pub.publish(topic, b"k", f"w{i}".encode(), []) for i in range(20)]
+    fired = threading.Event()
+    pub.when_delivered(seqs[-1], fired.set)
+    assert fired.wait(30)
+    assert pub.delivered_through() >= seqs[-1]
+    late = threading.Event()
+    pub.when_delivered(seqs[0], late.set)  # already settled: at once
+    assert late.is_set()

@@ -1,0 +1,269 @@
+"""The six stages end to end on a real broker, Postgres, emulators, S3 and SMTP.
+
+All pipeline scenarios live in this one module so they share one running pipeline."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+
+import orjson
+import pytest
+
+from tests.pipeline.conftest import Harness, dlq_messages
+from vividly.config import STAGES
+
+pytestmark = pytest.mark.integration
+
+TOPICS = [
+    "Photosynthesis",
+    "Volcanoes",
+    "Fractions",
+    "The Water Cycle",
+    "Electric circuits",
+    "Ancient Egypt",
+    "DNA and genetics",
+    "Newton's laws",
+    "The solar system",
+    "Chemical reactions",
+]
+
+
+def stage_sequence(h: Harness, rid: str) -> list[tuple[str, str]]:
+    out = []
+    for e in h.log.events(rid):
+        kind = e.WhichOneof("event")
+        if kind == "stage_started":
+            out.append(("started", e.stage_started.stage))
+        elif kind == "stage_completed":
+            out.append(("completed", e.stage_completed.stage))
+    return out
+
+
+def test_fifty_requests_complete_through_six_stages_in_order(harness: Harness) -> None:
+    h = harness
+    rids = [
+        h.submit(
+            topic=TOPICS[i % len(TOPICS)], grade_level=str(3 + i % 10), duration_minutes=1 + i % 3
+        )
+        for i in range(50)
+    ]
+    h.flush()
+    outcomes = h.log.wait_outcomes(rids, timeout=240)
+    assert set(outcomes.values()) == {"request_completed"}
+    expected = [(step, stage) for stage in STAGES for step in ("started", "completed")]
+    for rid in rids:
+        assert stage_sequence(h, rid) == expected, rid
+        done = next(e for e in h.log.events(rid) if e.WhichOneof("event") == "request_completed")
+        rc = done.request_completed
+        assert rc.video_url.endswith(f"/{rid}.mp4")
+        assert rc.thumbnail_url.endswith(f"/{rid}.jpg")
+        assert len(rc.script_text.split()) > 100
+        mails = h.emails_for(rid)
+        assert len(mails) == 1
+        assert mails[0]["X-Vividly-Template"] == "content_ready"
+        assert rc.video_url in mails[0].get_payload()
+    # Scripts are sized to the requested duration (150 words a minute, give or take).
+    for rid in rids[:6]:
+        sg = next(
+            e
+            for e in h.log.events(rid)
+            if e.WhichOneof("event") == "stage_completed"
+            and e.stage_completed.stage == "script_generation"
+        )
+        out = orjson.loads(sg.stage_completed.output_json)
+        assert 0.9 * out["target_words"] <= out["word_count"] <= 1.4 * out["target_words"]
+    # RAG: the top passage is about the requested topic; the second request of a topic is
+    # a cache hit.
+    rag = next(
+        e
+        for e in h.log.events(rids[0])
+        if e.WhichOneof("event") == "stage_completed" and e.stage_completed.stage == "rag_retrieval"
+    )
+    chunks = orjson.loads(rag.stage_completed.output_json)["chunks"]
+    assert len(chunks) == 5
+    assert "photosynthesis" in chunks[0]["id"]
+    assert any(
+        e.WhichOneof("event") == "event_logged" and e.event_logged.event_type == "cache_hit"
+        for r in rids
+        for e in h.log.events(r)
+    )
+
+
+def test_external_calls_carry_correlation_id_and_traceparent(harness: Harness) -> None:
+    h = harness
+    rid = h.submit(topic="Plate tectonics")
+    h.flush()
+    assert h.log.wait_outcomes([rid], 90)[rid] == "request_completed"
+    cid = h.log.events(rid)[0].correlation_id
+    trace = cid.replace("-", "")
+    for which, path in (("gemini", "/v1/models"), ("video", "/v1/videos")):
+        mine = [
+            r
+            for r in h.pipeline.received(which, path)
+            if r["headers"].get("x-correlation-id") == cid
+        ]
+        assert mine, f"{which} got no call with the request's correlation id"
+        for r in mine:
+            assert r["headers"]["traceparent"].split("-")[1] == trace
+    gemini_paths = {
+        r["path"]
+        for r in h.pipeline.received("gemini", "/v1/models")
+        if r["headers"].get("x-correlation-id") == cid
+    }
+    assert any(p.endswith(":generateContent") for p in gemini_paths)
+    video_calls = [
+        r
+        for r in h.pipeline.received("video", "/v1/videos")
+        if r["headers"].get("x-correlation-id") == cid
+    ]
+    assert {r["method"] for r in video_calls} == {"POST", "GET"}
+    assert any(r["path"].endswith("/content") for r in video_calls)
+
+
+def test_invalid_requests_fail_at_validation_naming_the_field(harness: Harness) -> None:
+    h = harness
+    cases = {
+        "topic": h.submit(topic="ab"),
+        "grade_level": h.submit(grade_level="13"),
+        "duration_minutes": h.submit(duration_minutes=20),
+        "student_id": h.submit(student_id="not valid!"),
+        "learning_objective": h.submit(learning_objective="   "),
+    }
+    h.flush()
+    outcomes = h.log.wait_outcomes(list(cases.values()), 60)
+    for field, rid in cases.items():
+        assert outcomes[rid] == "request_failed", field
+        failed = next(e for e in h.log.events(rid) if e.WhichOneof("event") == "request_failed")
+        assert failed.request_failed.error_stage == "validation"
+        assert failed.request_failed.error_message.startswith(f"{field}:")
+        assert orjson.loads(failed.request_failed.error_details_json)["field"] == field
+        stages = {s for _, s in stage_sequence(h, rid)}
+        assert stages == {"validation"}, "no stage after validation ran"
+        sf = next(e for e in h.log.events(rid) if e.WhichOneof("event") == "stage_failed")
+        assert sf.stage_failed.is_retryable is False
+        h.log.wait_for(lambda r=rid: len(h.emails_for(r)) >= 1, 30, "the error email")
+        assert [m["X-Vividly-Template"] for m in h.emails_for(rid)] == ["error"]
+
+
+def test_the_same_idempotency_key_twice_is_one_request(harness: Harness) -> None:
+    h = harness
+    a = h.submit(student_id="stu-idem", idempotency_key="form-42", topic="Volcanoes")
+    b = h.submit(student_id="stu-idem", idempotency_key="form-42", topic="Volcanoes")
+    h.flush()
+    assert a == b
+    assert h.log.wait_outcomes([a], 90)[a] == "request_completed"
+    h.log.wait_for(
+        lambda: (
+            "duplicate_submission"
+            in [
+                e.event_logged.event_type
+                for e in h.log.events(a)
+                if e.WhichOneof("event") == "event_logged"
+            ]
+        ),
+        30,
+        "the duplicate to be noticed",
+    )
+    time.sleep(1.0)
+    kinds = h.log.kinds(a)
+    assert kinds.count("request_completed") == 1
+    assert [s for s in stage_sequence(h, a) if s[0] == "completed"] == [
+        ("completed", s) for s in STAGES
+    ]
+    assert len(h.emails_for(a)) == 1
+
+
+def test_video_outage_opens_the_breaker_requests_wait_then_all_complete(
+    harness: Harness,
+) -> None:
+    h = harness
+    h.pipeline.set_knobs("video", outage_for_s=6, outage_status=503)
+    rids = [h.submit(topic=TOPICS[i % 4]) for i in range(10)]
+    h.flush()
+    outcomes = h.log.wait_outcomes(rids, 180)
+    assert set(outcomes.values()) == {"request_completed"}, collections.Counter(outcomes.values())
+    waiting = [
+        e for r in rids for e in h.log.events(r) if e.WhichOneof("event") == "request_waiting"
+    ]
+    assert waiting, "requests were shown as waiting while the circuit was open"
+    assert {e.request_waiting.reason for e in waiting} == {"circuit_open"}
+    assert {e.request_waiting.stage for e in waiting} <= {"video_generation", "video_processing"}
+    changes = [
+        (e.breaker_state_changed.old_state, e.breaker_state_changed.new_state)
+        for e in h.log.breakers
+        if e.breaker_state_changed.breaker == "nano_banana"
+    ]
+    assert ("closed", "open") in changes
+    assert ("half-open", "closed") in changes
+    # Only the calls that tripped the breaker cost attempts; nobody ran out.
+    for rid in rids:
+        assert "request_failed" not in h.log.kinds(rid)
+
+
+def test_exhausted_retries_fail_at_the_stage_with_dlq_entry_and_one_error_email(
+    harness: Harness,
+) -> None:
+    h = harness
+    h.pipeline.set_knobs("video", job_fail_rate=1.0)
+    rid = h.submit(topic="Fractions")
+    h.flush()
+    assert h.log.wait_outcomes([rid], 120)[rid] == "request_failed"
+    events = h.log.events(rid)
+    failed = next(e for e in events if e.WhichOneof("event") == "request_failed")
+    assert failed.request_failed.error_stage == "video_generation"
+    attempts = [e.stage_failed.attempt for e in events if e.WhichOneof("event") == "stage_failed"]
+    assert attempts == [1, 2, 3]
+    retries = [
+        e.stage_retry_scheduled for e in events if e.WhichOneof("event") == "stage_retry_scheduled"
+    ]
+    assert [r.attempt for r in retries] == [2, 3]
+    assert all(r.due_at.seconds > 0 for r in retries)
+    last = [e for e in events if e.WhichOneof("event") == "stage_failed"][-1].stage_failed
+    assert last.input.request_id == rid, "StageFailed keeps the input work item for retries"
+    dead = dlq_messages(h.settings, {rid})
+    assert dead[rid]["dlq-reason"] == b"retries_exhausted"
+    assert dead[rid]["dlq-stage"] == b"video_generation"
+    h.log.wait_for(lambda: len(h.emails_for(rid)) >= 1, 30, "the error email")
+    time.sleep(1.0)
+    mails = h.emails_for(rid)
+    assert [m["X-Vividly-Template"] for m in mails] == ["error"]
+    assert "Video generation failed" in mails[0].get_payload()
+
+
+def test_sigkill_a_stage_service_mid_flight_every_request_completes_once(
+    harness: Harness,
+) -> None:
+    h = harness
+    h.pipeline.set_knobs("video", job_seconds=2.0)
+    rids = [h.submit(topic=TOPICS[i % len(TOPICS)]) for i in range(30)]
+    h.flush()
+
+    def video_busy() -> bool:
+        started = sum(
+            1
+            for r in rids
+            for e in h.log.events(r)
+            if e.WhichOneof("event") == "stage_started"
+            and e.stage_started.stage == "video_generation"
+        )
+        return started >= 10
+
+    h.log.wait_for(video_busy, 120, "video jobs in flight")
+    h.pipeline.stop_service("video", signal.SIGKILL)
+    h.pipeline.stop_service("notify", signal.SIGKILL)
+    time.sleep(0.5)
+    h.pipeline.start_service("video")
+    h.pipeline.start_service("notify")
+    outcomes = h.log.wait_outcomes(rids, 240)
+    assert set(outcomes.values()) == {"request_completed"}
+    for rid in rids:
+        completions = collections.Counter(
+            (e.stage_completed.stage, e.stage_completed.attempt)
+            for e in h.log.events(rid)
+            if e.WhichOneof("event") == "stage_completed"
+        )
+        assert all(n == 1 for n in completions.values()), (rid, completions)
+        assert h.log.kinds(rid).count("request_completed") == 1
+        assert len(h.emails_for(rid)) == 1, rid
