@@ -107,19 +107,19 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     if args.detach:
-        return _up_detached(home, settings)
+        return _up_detached(home, settings, args.infra_only)
     if not state.acquire():
         err.print("[yellow]Another `vividly up` is starting right now.[/]")
         return 1
-    return _up_foreground(state, settings)
+    return _up_foreground(state, settings, infra_only=args.infra_only)
 
 
-def _up_detached(home: Path, settings: Settings) -> int:
+def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> int:
     home.mkdir(parents=True, exist_ok=True)
     log = home / "up.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vividly.cli", "up"],
+            [sys.executable, "-m", "vividly.cli", "up", *(["--infra-only"] if infra_only else [])],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -147,9 +147,10 @@ def _up_detached(home: Path, settings: Settings) -> int:
     return 1
 
 
-def _up_foreground(state: StackState, settings: Settings) -> int:
+def _up_foreground(state: StackState, settings: Settings, infra_only: bool = False) -> int:
     from vividly.bus import ensure_topics
     from vividly.db import migrate
+    from vividly.pipeline import Pipeline, PipelinePorts, load_corpus
     from vividly.stack import EmbeddedPostgres, StackError, TansuBroker
 
     home = state.home
@@ -165,22 +166,22 @@ def _up_foreground(state: StackState, settings: Settings) -> int:
         "processes": {},
     }
     state.write(info)
+    pipeline: Pipeline | None = None
     code = 0
+
+    def record(name: str, managed: Any) -> None:
+        info["processes"][name] = {"pid": managed.pid, "url": managed.url, "log": str(managed.log)}
+        state.write(info)
+
     try:
         pg = EmbeddedPostgres(home / "pgdata", settings.pg_port)
         broker = TansuBroker(settings.kafka_port, home)
         with console.status("starting Postgres…"):
             components.append(pg)
-            pg_proc = pg.start()
-        info["processes"]["postgres"] = {"pid": pg_proc.pid, "url": pg.url, "log": str(pg_proc.log)}
+            record("postgres", pg.start())
         with console.status("starting the Kafka broker (Tansu)…"):
             components.append(broker)
-            kafka_proc = broker.start()
-        info["processes"]["kafka"] = {
-            "pid": kafka_proc.pid,
-            "url": broker.bootstrap,
-            "log": str(kafka_proc.log),
-        }
+            record("kafka", broker.start())
         topic_settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         with console.status("creating topics…"):
             ensure_topics(topic_settings, stack_topics(settings))
@@ -188,29 +189,87 @@ def _up_foreground(state: StackState, settings: Settings) -> int:
             applied = asyncio.run(migrate(pg.url))
         info["migrations_applied"] = applied
         info["topics"] = sorted(stack_topics(settings))
+        if not infra_only:
+            pipeline = Pipeline(
+                broker.bootstrap,
+                pg.url,
+                home,
+                PipelinePorts(
+                    settings.gemini_port, settings.video_port, settings.s3_port, settings.smtp_port
+                ),
+            )
+            for port, what in (
+                (settings.gemini_port, "VIVIDLY_GEMINI_PORT"),
+                (settings.video_port, "VIVIDLY_VIDEO_PORT"),
+                (settings.s3_port, "VIVIDLY_S3_PORT"),
+                (settings.smtp_port, "VIVIDLY_SMTP_PORT"),
+            ):
+                from vividly.stack import port_in_use
+
+                if port_in_use(port):
+                    raise StackError(f"port {port} is taken; set {what} to another port")
+            with console.status("starting the emulators, S3 (moto) and the SMTP sink…"):
+                pipeline.start_emulators()
+            for name, managed in pipeline.procs.items():
+                record(name, managed)
+            _load_corpus_with_progress(load_corpus, pg.url, pipeline.gemini_url)
+            with console.status("starting the stage services…"):
+                pipeline.start_services()
+            for name, managed in pipeline.procs.items():
+                record(name, managed)
+            info["mail_dir"] = str(pipeline.mail_dir)
+            info["videos"] = f"{pipeline.s3_url}/{settings.s3_bucket}/"
+            info["env"] = {k: v for k, v in pipeline.env().items() if k.startswith("VIVIDLY_")}
         info["status"] = "ready"
         state.write(info)
         _print_status(info, settings)
         console.print("Press [bold]Ctrl-C[/] to stop everything.")
         while not stop.wait(0.5):
-            for c in components:
-                if c.managed is not None and c.managed.proc.poll() is not None:
-                    err.print(
-                        f"[red]{c.managed.name} exited[/] (code {c.managed.proc.returncode});"
-                        f" see {c.managed.log}. Stopping the stack."
-                    )
-                    code = 1
-                    stop.set()
+            dead = _dead_process(components, pipeline)
+            if dead:
+                err.print(
+                    f"[red]{dead.name} exited[/] (code {dead.proc.returncode}); "
+                    f"see {dead.log}. Stopping the stack."
+                )
+                code = 1
+                stop.set()
     except StackError as exc:
         err.print(f"[red]Cannot start the local stack:[/] {exc}")
         code = 1
     finally:
         with console.status("stopping…"):
+            if pipeline is not None:
+                pipeline.stop()
             for c in reversed(components):
                 c.stop()
         state.release()
         console.print("Local stack stopped.")
     return code
+
+
+def _dead_process(components: list[Any], pipeline: Any) -> Any:
+    procs = [c.managed for c in components if c.managed is not None]
+    if pipeline is not None:
+        procs.extend(pipeline.procs.values())
+    for m in procs:
+        if m.proc.poll() is not None:
+            return m
+    return None
+
+
+def _load_corpus_with_progress(load: Any, database_url: str, gemini_url: str) -> int:
+    from rich.progress import Progress
+
+    from services.rag.providers import load_corpus as read_passages
+
+    total = len(read_passages())
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("embedding and loading the OER corpus", total=total)
+        n: int = asyncio.run(
+            load(database_url, gemini_url, progress=lambda k: progress.advance(task, k))
+        )
+    console.print(f"OER corpus: {n} passages loaded")
+    return n
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
@@ -278,6 +337,91 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
     pg = data.get("processes", {}).get("postgres", {}).get("url")
     if kafka and pg:
         console.print(f"export VIVIDLY_KAFKA_BOOTSTRAP={kafka} VIVIDLY_DATABASE_URL={pg}")
+    if data.get("mail_dir"):
+        console.print(f"emails land in {data['mail_dir']}; videos in {data['videos']}")
+        console.print(
+            "try: [bold]vividly submit --topic Photosynthesis --objective "
+            "'Explain the light reactions'[/]  or  [bold]vividly demo --count 20[/]"
+        )
+
+
+# --------------------------------------------------------------------------- pipeline
+def stack_settings(settings: Settings) -> Settings:
+    """``settings`` with the running local stack's addresses where the environment does
+    not set them, so `vividly submit` and friends find the stack without exports."""
+    data = StackState(settings.home.resolve()).read() or {}
+    env = data.get("env") or {}
+    if not env and data.get("processes"):
+        procs = data["processes"]
+        env = {
+            "VIVIDLY_KAFKA_BOOTSTRAP": procs.get("kafka", {}).get("url"),
+            "VIVIDLY_DATABASE_URL": procs.get("postgres", {}).get("url"),
+        }
+    update: dict[str, Any] = {}
+    for key, value in env.items():
+        name = key.removeprefix("VIVIDLY_").lower()
+        if value and name in Settings.model_fields and key not in os.environ:
+            update[name] = value
+    return settings.model_copy(update=update) if update else settings
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from vividly.publish import KafkaPublisher
+    from vividly.submit import submit_request
+    from vividly.tracker import RequestTracker, TrackerError
+
+    settings = stack_settings(settings)
+    publisher = KafkaPublisher(settings, "vividly-cli")
+    tracker = RequestTracker(publisher, producer="cli")
+    try:
+        rid, cid = submit_request(
+            tracker,
+            publisher,
+            student_id=args.student,
+            topic=args.topic,
+            learning_objective=args.objective,
+            grade_level=args.grade,
+            duration_minutes=args.duration,
+            organization_id=args.org,
+            idempotency_key=args.idempotency_key,
+            student_email=args.email or "",
+            metadata={"source": "cli"},
+        )
+    except TrackerError as exc:
+        err.print(f"[red]{exc}[/]")
+        return 2
+    report = publisher.close(30)
+    if not report.ok:
+        err.print(
+            f"[red]The request was not delivered to {settings.kafka_bootstrap}[/] "
+            f"({report.failed} failed, {report.pending} pending). Is the stack up?"
+        )
+        return 1
+    if args.json:
+        print(json.dumps({"request_id": rid, "correlation_id": cid}))
+    else:
+        console.print(f"request_id     {rid}\ncorrelation_id {cid}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from vividly.demo import run_demo
+
+    return run_demo(stack_settings(settings), args.count, args.timeout, console)
+
+
+def cmd_corpus_load(args: argparse.Namespace, settings: Settings) -> int:
+    from vividly.pipeline import load_corpus
+
+    settings = stack_settings(settings)
+    try:
+        _load_corpus_with_progress(
+            load_corpus, settings.effective_database_url(), settings.gemini_base_url
+        )
+    except Exception as exc:  # unreachable database or Gemini API: say which
+        err.print(f"[red]Cannot load the corpus:[/] {type(exc).__name__}: {exc}")
+        return 1
+    return 0
 
 
 # --------------------------------------------------------------------------- db
@@ -301,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the embedded local stack")
     up.add_argument("--detach", "-d", action="store_true", help="run in the background")
+    up.add_argument(
+        "--infra-only",
+        action="store_true",
+        help="only the broker and Postgres (no emulators, no services)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the local stack")
@@ -309,6 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what runs, PIDs, addresses")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    submit = sub.add_parser("submit", help="submit one request to the pipeline")
+    submit.add_argument("--topic", required=True)
+    submit.add_argument("--objective", required=True, help="the learning objective")
+    submit.add_argument("--grade", default="10", help="K or 1-12 (default 10)")
+    submit.add_argument("--duration", type=int, default=5, help="minutes, 1-15 (default 5)")
+    submit.add_argument("--student", default="stu-cli")
+    submit.add_argument("--org", default="org-local")
+    submit.add_argument("--email", help="the student's email address")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--json", action="store_true", help="print the ids as JSON")
+    submit.set_defaults(func=cmd_submit)
+
+    demo = sub.add_parser("demo", help="submit N varied requests and watch them live")
+    demo.add_argument("--count", type=int, default=20)
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    demo.set_defaults(func=cmd_demo)
+
+    corpus = sub.add_parser("corpus", help="the OER corpus")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="TASK")
+    load = corpus_sub.add_parser("load", help="embed and upsert the corpus (idempotent)")
+    load.set_defaults(func=cmd_corpus_load)
 
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="TASK")

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=9092, ge=1, le=65535)
     pg_port: int = Field(default=5433, ge=1, le=65535)
     api_port: int = Field(default=8000, ge=1, le=65535)
+    gemini_port: int = Field(default=8701, ge=1, le=65535, description="Gemini emulator.")
+    video_port: int = Field(default=8702, ge=1, le=65535, description="Video API emulator.")
+    s3_port: int = Field(default=8703, ge=1, le=65535, description="moto's S3 server.")
 
     # --- stages: retries and breakers -------------------------------------------------
     stage_max_attempts: int = Field(default=3, ge=1, description="Tries per stage.")
@@ -102,6 +105,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = "http://127.0.0.1:8703"
     s3_bucket: str = "vividly-videos"
     s3_region: str = "us-east-1"
+    s3_public_read: bool = Field(
+        default=True, description="Upload objects public-read so the CDN URL serves them."
+    )
     cdn_base_url: str | None = Field(
         default=None, description="Public URL prefix of the bucket; default: the S3 endpoint."
     )

@@ -111,7 +111,7 @@ class Pipeline:
             self.ports.video,
         )
         self._python(
-            "s3 (moto)",
+            "s3-moto",
             ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports.s3)],
             self.ports.s3,
         )

@@ -177,6 +177,7 @@ class S3Storage:
 
         self.bucket = settings.s3_bucket
         self.cdn = settings.effective_cdn_base_url()
+        self.extra: dict[str, str] = {"ACL": "public-read"} if settings.s3_public_read else {}
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -210,7 +211,7 @@ class S3Storage:
             token = _s3_headers.set(headers)
             try:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                    Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.extra
                 )
             finally:
                 _s3_headers.reset(token)

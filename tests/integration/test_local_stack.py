@@ -49,7 +49,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
-    up = vividly(stack_env, "up", "--detach")
+    up = vividly(stack_env, "up", "--detach", "--infra-only")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         status = vividly(stack_env, "status", "--json")
@@ -62,7 +62,7 @@ def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
         assert procs["kafka"]["url"] == f"127.0.0.1:{stack_env['VIVIDLY_KAFKA_PORT']}"
         assert set(info["topics"]) >= {*STAGE_TOPICS, TRACKING_TOPIC, "requests.dlq"}
 
-        again = vividly(stack_env, "up")
+        again = vividly(stack_env, "up", "--infra-only")
         assert again.returncode == 1
         assert "already running" in again.stderr
 
@@ -99,7 +99,7 @@ def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
 
 def test_foreground_up_stops_everything_on_ctrl_c(stack_env: dict[str, str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vividly.cli", "up"],
+        [sys.executable, "-m", "vividly.cli", "up", "--infra-only"],
         cwd=ROOT,
         env=stack_env,
         stdout=subprocess.PIPE,
@@ -139,3 +139,56 @@ def test_a_taken_port_is_named_in_the_error(stack_env: dict[str, str]) -> None:
     assert up.returncode == 1
     assert "VIVIDLY_KAFKA_PORT" in up.stderr
     assert "Traceback" not in up.stderr
+
+
+def test_the_whole_pipeline_runs_on_the_local_stack_submit_and_demo(
+    stack_env: dict[str, str],
+) -> None:
+    for name in ("GEMINI", "VIDEO", "S3", "SMTP"):
+        stack_env[f"VIVIDLY_{name}_PORT"] = str(free_port())
+    up = vividly(stack_env, "up", "--detach")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = json.loads(vividly(stack_env, "status", "--json").stdout)
+        assert set(info["processes"]) >= {
+            "gemini-emulator",
+            "video-emulator",
+            "s3-moto",
+            "smtp-sink",
+            "ingest",
+            "rag",
+            "script",
+            "video",
+            "notify",
+        }
+        sub = vividly(
+            stack_env,
+            "submit",
+            "--topic",
+            "Volcanoes",
+            "--objective",
+            "Explain how volcanoes form",
+            "--grade",
+            "6",
+            "--duration",
+            "1",
+            "--json",
+        )
+        assert sub.returncode == 0, sub.stderr
+        assert set(json.loads(sub.stdout)) == {"request_id", "correlation_id"}
+        demo = vividly(stack_env, "demo", "--count", "6", "--timeout", "120")
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "6 completed, 0 failed" in demo.stdout
+        mail = Path(info["mail_dir"])
+        deadline = time.monotonic() + 30
+        while len(list(mail.glob("*.eml"))) < 7 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(list(mail.glob("*.eml"))) == 7
+        bad = vividly(stack_env, "submit", "--topic", "Volcanoes")
+        assert bad.returncode == 2
+        assert "--objective" in bad.stderr
+    finally:
+        down = vividly(stack_env, "down")
+    assert down.returncode == 0
+    for p in info["processes"].values():
+        assert not pid_alive(p["pid"]), p

@@ -5,8 +5,10 @@ All pipeline scenarios live in this one module so they share one running pipelin
 from __future__ import annotations
 
 import collections
+import functools
 import signal
 import time
+import urllib.request
 
 import orjson
 import pytest
@@ -28,6 +30,10 @@ TOPICS = [
     "The solar system",
     "Chemical reactions",
 ]
+
+
+def has_email(h: Harness, rid: str) -> bool:
+    return len(h.emails_for(rid)) >= 1
 
 
 def stage_sequence(h: Harness, rid: str) -> list[tuple[str, str]]:
@@ -64,6 +70,15 @@ def test_fifty_requests_complete_through_six_stages_in_order(harness: Harness) -
         assert len(mails) == 1
         assert mails[0]["X-Vividly-Template"] == "content_ready"
         assert rc.video_url in mails[0].get_payload()
+    # The CDN URLs serve the real MP4 and a JPEG thumbnail.
+    sample = next(
+        e for e in h.log.events(rids[0]) if e.WhichOneof("event") == "request_completed"
+    ).request_completed
+    with urllib.request.urlopen(sample.video_url, timeout=10) as resp:
+        video = resp.read()
+    assert video[4:8] == b"ftyp"
+    with urllib.request.urlopen(sample.thumbnail_url, timeout=10) as resp:
+        assert resp.read()[:2] == b"\xff\xd8"
     # Scripts are sized to the requested duration (150 words a minute, give or take).
     for rid in rids[:6]:
         sg = next(
@@ -143,7 +158,7 @@ def test_invalid_requests_fail_at_validation_naming_the_field(harness: Harness) 
         assert stages == {"validation"}, "no stage after validation ran"
         sf = next(e for e in h.log.events(rid) if e.WhichOneof("event") == "stage_failed")
         assert sf.stage_failed.is_retryable is False
-        h.log.wait_for(lambda r=rid: len(h.emails_for(r)) >= 1, 30, "the error email")
+        h.log.wait_for(functools.partial(has_email, h, rid), 30, "the error email")
         assert [m["X-Vividly-Template"] for m in h.emails_for(rid)] == ["error"]
 
 
