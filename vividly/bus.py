@@ -271,7 +271,7 @@ class ConsumerLoop:
                 # flight carries on.
                 await self._set_paused(room <= 0 or not all(g() for g in self.gates))
                 batch = await self._call(
-                    consumer.consume, max(room, 1) if room > 0 else 1, 0.05 if self._tasks else 0.2
+                    _take, consumer, max(room, 1), 0.05 if self._tasks else 0.2
                 )
                 for msg in batch:
                     self._accept(msg)
@@ -610,6 +610,21 @@ class ConsumerLoop:
             except (NotImplementedError, RuntimeError):
                 pass
         return installed
+
+
+def _take(consumer: Consumer, most: int, wait_s: float) -> list[Message]:
+    """Up to ``most`` messages: what is there now, else wait ``wait_s`` for the first one.
+
+    (``consume(n, timeout)`` alone would wait the whole timeout for ``n`` messages,
+    adding that wait to every hand-off on a quiet topic.)
+    """
+    batch = consumer.consume(most, 0)
+    if batch:
+        return batch
+    batch = consumer.consume(1, wait_s)
+    if batch and most > 1:
+        batch.extend(consumer.consume(most - 1, 0))
+    return batch
 
 
 def _resolve(fut: asyncio.Future[str | None], error: str | None) -> None:

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Consumer session timeout (Tansu joins take ~half)."
     )
-    producer_linger_ms: float = Field(default=5.0, ge=0)
+    producer_linger_ms: float = Field(default=1.0, ge=0)
     producer_compression: str = Field(default="lz4")
     producer_queue_max_messages: int = Field(default=500_000, ge=1000)
     delivery_timeout_ms: int = Field(default=30_000, ge=1000)
@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=8025, ge=1, le=65535)
     smtp_from: str = "Vividly <noreply@vividly.edu>"
+    providers: str = Field(
+        default="real",
+        pattern="^(real|null)$",
+        description="real: the external APIs (or their emulators); null: in-process "
+        "stand-ins with the same interfaces (the framework benchmark).",
+    )
     rag_cache_ttl_s: float = Field(default=3600.0, ge=0)
     rag_top_k: int = Field(default=5, ge=1, le=50)
 

@@ -4,7 +4,7 @@ records the request as completed."""
 from __future__ import annotations
 
 from services.notify.handlers import Notifier, NotifyHandler, completer
-from services.notify.providers import SmtpMailer
+from services.notify.providers import Mailer, NullMailer, SmtpMailer
 from vividly.breakers import smtp_breaker
 from vividly.config import RENDERED
 from vividly.ledger import NotificationLedger, PgLedger
@@ -14,7 +14,8 @@ from vividly.stage import Stage, StageRunner
 
 async def build(deps: Deps) -> Built:
     s = deps.settings
-    notifier = Notifier(SmtpMailer(s), NotificationLedger(deps.pool), s.smtp_from)
+    mailer: Mailer = NullMailer() if s.providers == "null" else SmtpMailer(s)
+    notifier = Notifier(mailer, NotificationLedger(deps.pool), s.smtp_from)
     runner = StageRunner(
         tracker=deps.tracker,
         stages=[Stage("notification", notifier.content_ready, breakers=(smtp_breaker,))],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from email.message import EmailMessage
+from email.message import Message
 from typing import Protocol
 
 from vividly.clients import ProviderError, classify
@@ -12,7 +12,7 @@ from vividly.config import Settings
 
 
 class Mailer(Protocol):
-    async def send(self, message: EmailMessage) -> None: ...
+    async def send(self, message: Message) -> None: ...
 
 
 class SmtpMailer:
@@ -21,7 +21,7 @@ class SmtpMailer:
         self.port = settings.smtp_port
         self.timeout = settings.http_timeout_s
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: Message) -> None:
         def deliver() -> None:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 smtp.send_message(message)
@@ -40,7 +40,17 @@ class SmtpMailer:
 
 class MemoryMailer:
     def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
+        self.sent: list[Message] = []
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: Message) -> None:
         self.sent.append(message)
+
+
+class NullMailer:
+    """Counts messages and keeps none (the framework benchmark)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def send(self, message: Message) -> None:
+        self.count += 1

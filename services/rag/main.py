@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from services.rag.handlers import Retrieval, TTLCache
-from services.rag.providers import GeminiEmbedder, PgRetriever
+from services.rag.providers import (
+    Embedder,
+    GeminiEmbedder,
+    HashEmbedder,
+    MemoryRetriever,
+    PgRetriever,
+    Retriever,
+    load_corpus,
+)
 from vividly.breakers import gemini_breaker
 from vividly.config import RETRIEVED, VALIDATED
 from vividly.ledger import PgLedger
@@ -13,9 +21,12 @@ from vividly.stage import Stage, StageRunner
 
 async def build(deps: Deps) -> Built:
     s = deps.settings
-    work = Retrieval(
-        GeminiEmbedder(s), PgRetriever(deps.pool), TTLCache(s.rag_cache_ttl_s), s.rag_top_k
-    )
+    if s.providers == "null":
+        embedder: Embedder = HashEmbedder(s.embedding_dim)
+        retriever: Retriever = MemoryRetriever(load_corpus(), s.embedding_dim)
+    else:
+        embedder, retriever = GeminiEmbedder(s), PgRetriever(deps.pool)
+    work = Retrieval(embedder, retriever, TTLCache(s.rag_cache_ttl_s), s.rag_top_k)
     runner = StageRunner(
         tracker=deps.tracker,
         stages=[Stage("rag_retrieval", work, breakers=(gemini_breaker,))],

@@ -4,7 +4,7 @@ requests.scripted."""
 from __future__ import annotations
 
 from services.script.handlers import ScriptGeneration
-from services.script.providers import GeminiScriptWriter
+from services.script.providers import GeminiScriptWriter, LocalScriptWriter, ScriptWriter
 from vividly.breakers import gemini_breaker
 from vividly.config import RETRIEVED, SCRIPTED
 from vividly.ledger import PgLedger
@@ -13,7 +13,12 @@ from vividly.stage import Stage, StageRunner
 
 
 async def build(deps: Deps) -> Built:
-    work = ScriptGeneration(GeminiScriptWriter(deps.settings))
+    writer: ScriptWriter = (
+        LocalScriptWriter()
+        if deps.settings.providers == "null"
+        else GeminiScriptWriter(deps.settings)
+    )
+    work = ScriptGeneration(writer)
     runner = StageRunner(
         tracker=deps.tracker,
         stages=[Stage("script_generation", work, breakers=(gemini_breaker,))],

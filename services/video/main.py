@@ -6,7 +6,17 @@ from __future__ import annotations
 import asyncio
 
 from services.video.handlers import VideoGeneration, VideoProcessing
-from services.video.providers import FfmpegThumbnailer, HttpVideoAPI, S3Storage
+from services.video.providers import (
+    FfmpegThumbnailer,
+    HttpVideoAPI,
+    LocalVideoAPI,
+    MemoryStorage,
+    NullThumbnailer,
+    S3Storage,
+    Storage,
+    Thumbnailer,
+    VideoAPI,
+)
 from vividly.breakers import cdn_breaker, nano_banana_breaker
 from vividly.config import RENDERED, SCRIPTED
 from vividly.ledger import PgLedger
@@ -16,11 +26,18 @@ from vividly.stage import Stage, StageRunner
 
 async def build(deps: Deps) -> Built:
     s = deps.settings
-    api = HttpVideoAPI(s)
-    deps.closers.append(api.close)
-    storage = S3Storage(s)
-    if s.s3_endpoint_url:
-        await asyncio.to_thread(storage.ensure_bucket)
+    api: VideoAPI
+    storage: Storage
+    thumbnailer: Thumbnailer
+    if s.providers == "null":
+        api, storage, thumbnailer = LocalVideoAPI(0.0), MemoryStorage(), NullThumbnailer()
+    else:
+        http = HttpVideoAPI(s)
+        deps.closers.append(http.close)
+        s3 = S3Storage(s)
+        if s.s3_endpoint_url:
+            await asyncio.to_thread(s3.ensure_bucket)
+        api, storage, thumbnailer = http, s3, FfmpegThumbnailer()
     runner = StageRunner(
         tracker=deps.tracker,
         stages=[
@@ -31,7 +48,7 @@ async def build(deps: Deps) -> Built:
             ),
             Stage(
                 "video_processing",
-                VideoProcessing(api, storage, FfmpegThumbnailer()),
+                VideoProcessing(api, storage, thumbnailer),
                 breakers=(nano_banana_breaker, cdn_breaker),
             ),
         ],

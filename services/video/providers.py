@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import tempfile
 import time
 import uuid
@@ -251,12 +252,26 @@ class Thumbnailer(Protocol):
 
 
 class FfmpegThumbnailer:
-    """A JPEG of the frame one second in, 320 px wide, made by ffmpeg."""
+    """A JPEG of the frame one second in, 320 px wide, made by ffmpeg. The same video
+    bytes give the same thumbnail, so recent results are kept by content hash."""
 
-    def __init__(self, parallel: int = 2) -> None:
+    def __init__(self, parallel: int = 2, cache_size: int = 256) -> None:
         self.sem = asyncio.Semaphore(parallel)
+        self.cache: dict[str, bytes] = {}
+        self.cache_size = cache_size
 
     async def thumbnail(self, video: bytes) -> bytes:
+        digest = hashlib.sha256(video).hexdigest()
+        hit = self.cache.get(digest)
+        if hit is not None:
+            return hit
+        thumb = await self._make(video)
+        if len(self.cache) >= self.cache_size:
+            self.cache.pop(next(iter(self.cache)))
+        self.cache[digest] = thumb
+        return thumb
+
+    async def _make(self, video: bytes) -> bytes:
         async with self.sem:
             with tempfile.TemporaryDirectory(prefix="thumb-") as tmp:
                 src, out = Path(tmp) / "in.mp4", Path(tmp) / "out.jpg"

@@ -1,0 +1,378 @@
+"""Pipeline benchmark on the local stack (Tansu broker + embedded Postgres), three parts:
+
+1. framework: all five services with in-process null providers (same interfaces, no
+   network, no rendering): end-to-end requests/s at saturation, and stage hand-off
+   latency (StageCompleted of one stage → StageStarted of the next) at a steady load;
+2. real path: emulators, moto's S3, the SMTP sink and real thumbnails at zero added
+   latency: requests/s, and where the CPU goes (CPU seconds per process);
+3. concurrency: 2,000 requests in flight while the video emulator takes 20 s a job:
+   seconds until all completed, and each service's peak RSS.
+
+    .venv/bin/python -m bench.pipeline [--requests 3000] [--real-requests 300]
+                                       [--inflight 2000] [--job-seconds 20]
+
+The last line printed is one JSON object with requests_per_s, handoff_p50_ms,
+handoff_p99_ms, real_requests_per_s, inflight_2000_s, max_rss_mb (and details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from rich.console import Console
+from rich.progress import Progress
+
+from vividly.bus import ensure_topics
+from vividly.config import DLQ_TOPIC, STAGE_TOPICS, STAGES, TRACKING_TOPIC, Settings
+from vividly.db import migrate
+from vividly.events import decode_envelope
+from vividly.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus_sync
+from vividly.publish import KafkaPublisher
+from vividly.stack import EmbeddedPostgres, TansuBroker, free_port
+from vividly.submit import submit_request
+from vividly.tracker import RequestTracker
+
+console = Console(stderr=True)
+TOPICS = [
+    "Photosynthesis",
+    "Volcanoes",
+    "Fractions",
+    "The water cycle",
+    "Electric circuits",
+    "Ancient Egypt",
+    "DNA and genetics",
+    "Newton's laws",
+    "The solar system",
+    "Chemical reactions",
+    "Plate tectonics",
+    "Cell structure",
+]
+
+
+WATCHED = {b"stage_started", b"stage_completed", b"request_completed", b"request_failed"}
+
+
+class Watch:
+    """Follows tracking.events from its current end; times per request and stage."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        parts = (
+            self.consumer.list_topics(TRACKING_TOPIC, timeout=10).topics[TRACKING_TOPIC].partitions
+        )
+        self.consumer.assign([TopicPartition(TRACKING_TOPIC, p, OFFSET_END) for p in parts])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self.consumer.consume(10, 0.1)
+            if all(tp.offset >= 0 for tp in self.consumer.position(self.consumer.assignment())):
+                break
+        self.started: dict[tuple[str, str], float] = {}
+        self.completed: dict[tuple[str, str], float] = {}
+        self.done: dict[str, float] = {}
+        self.failed: set[str] = set()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self.consumer.consume(2000, 0.1):
+                if msg.error() is not None:
+                    continue
+                kind_header = dict(msg.headers() or []).get("vividly-event")
+                if kind_header not in WATCHED:
+                    continue
+                env = decode_envelope(msg.value() or b"")
+                kind = env.WhichOneof("event")
+                t = env.occurred_at.ToNanoseconds() / 1e9
+                with self.lock:
+                    if kind == "stage_started":
+                        self.started.setdefault((env.request_id, env.stage_started.stage), t)
+                    elif kind == "stage_completed":
+                        self.completed[(env.request_id, env.stage_completed.stage)] = t
+                    elif kind == "request_completed":
+                        self.done[env.request_id] = time.time()
+                    elif kind == "request_failed":
+                        self.failed.add(env.request_id)
+                        self.done[env.request_id] = time.time()
+        self.consumer.close()
+
+    def wait(self, ids: set[str], timeout: float, label: str) -> float:
+        t0 = time.monotonic()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(label, total=len(ids))
+            while time.monotonic() - t0 < timeout:
+                with self.lock:
+                    n = sum(1 for r in ids if r in self.done)
+                progress.update(task, completed=n)
+                if n == len(ids):
+                    break
+                time.sleep(0.1)
+        with self.lock:
+            missing = [r for r in ids if r not in self.done]
+        if missing:
+            raise SystemExit(f"{label}: {len(missing)} of {len(ids)} unfinished after {timeout}s")
+        return max(self.done[r] for r in ids)
+
+    def handoffs_ms(self, ids: set[str]) -> list[float]:
+        out = []
+        with self.lock:
+            for rid in ids:
+                for a, b in itertools.pairwise(STAGES):
+                    if (rid, a) in self.completed and (rid, b) in self.started:
+                        out.append((self.started[(rid, b)] - self.completed[(rid, a)]) * 1000)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+
+
+def submit_many(
+    tracker: RequestTracker,
+    publisher: KafkaPublisher,
+    n: int,
+    *,
+    rate: float | None = None,
+    varied: bool = True,
+) -> tuple[set[str], float]:
+    ids: set[str] = set()
+    t0 = time.time()
+    for i in range(n):
+        if rate:
+            target = t0 + i / rate
+            delay = target - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        topic = TOPICS[i % len(TOPICS)]
+        rid, _ = submit_request(
+            tracker,
+            publisher,
+            student_id=f"bench-{i % 50}",
+            topic=topic,
+            learning_objective=f"Explain the key ideas of {topic}",
+            grade_level=str(3 + (i % 10) if varied else 8),
+            duration_minutes=(1 + i % 3) if varied else 1,
+            organization_id="org-bench",
+        )
+        ids.add(rid)
+        if i % 500 == 0:
+            publisher.flush(0)
+    if not publisher.flush(60).ok:
+        raise SystemExit("submissions were not delivered")
+    return ids, t0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            # Children too: Postgres backends, ffmpeg runs.
+            out[name] = t.user + t.system + t.children_user + t.children_system
+            if pid != os.getpid():  # our own children are the services: counted apart
+                for child in psutil.Process(pid).children(recursive=True):
+                    ct = child.cpu_times()
+                    out[name] += ct.user + ct.system
+            else:
+                out[name] = t.user + t.system
+        except psutil.NoSuchProcess:
+            out[name] = 0.0
+    return out
+
+
+class RssSampler:
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak: dict[str, float] = defaultdict(float)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                try:
+                    rss = psutil.Process(pid).memory_info().rss / 2**20
+                except psutil.NoSuchProcess:
+                    continue
+                self.peak[name] = max(self.peak[name], rss)
+            time.sleep(0.25)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self.thread.join(2)
+        return {k: round(v, 1) for k, v in self.peak.items()}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    os.environ["VIVIDLY_PG_FAST"] = "1"
+    broker = TansuBroker(free_port(), home)
+    pg = EmbeddedPostgres(home / "pgdata", free_port())
+    result: dict[str, Any] = {}
+    pipeline: Pipeline | None = None
+    try:
+        broker.start()
+        pg.start()
+        asyncio.run(migrate(pg.url))
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        ensure_topics(settings, {t: 6 for t in (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)})
+        publisher = KafkaPublisher(settings, "bench-submitter")
+        tracker = RequestTracker(publisher, producer="bench")
+        watch = Watch(broker.bootstrap)
+
+        # ---- 1. framework: null providers -----------------------------------------
+        console.print("[bold]1. framework throughput (null providers)[/]")
+        pipeline = Pipeline(
+            broker.bootstrap,
+            pg.url,
+            home / "null",
+            PipelinePorts.free(),
+            extra_env={
+                "VIVIDLY_PROVIDERS": "null",
+                "VIVIDLY_MAX_IN_FLIGHT": "256",
+            },
+        )
+        pipeline.start_services()
+        warm, _ = submit_many(tracker, publisher, 100)
+        watch.wait(warm, 120, "warm-up")
+        steady, _ = submit_many(tracker, publisher, args.steady_requests, rate=args.steady_rate)
+        watch.wait(steady, 120, f"steady load ({args.steady_rate:.0f} req/s)")
+        hand = watch.handoffs_ms(steady)
+        pids = {n: m.pid for n, m in pipeline.procs.items()}
+        pids["kafka (tansu)"] = broker.managed.pid if broker.managed else 0
+        pids["postgres"] = pg.managed.pid if pg.managed else 0
+        pids["bench (submit + watch)"] = os.getpid()
+        before = cpu_seconds(pids)
+        ids, t0 = submit_many(tracker, publisher, args.requests)
+        last = watch.wait(ids, 600, f"{args.requests} requests at saturation")
+        result["requests_per_s"] = round(args.requests / (last - t0), 1)
+        used = {n: v - before.get(n, 0) for n, v in cpu_seconds(pids).items()}
+        result["framework_cpu_ms_per_request"] = {
+            n: round(1000 * v / args.requests, 2)
+            for n, v in sorted(used.items(), key=lambda kv: -kv[1])
+        }
+        result["handoff_p50_ms"] = round(pct(hand, 0.5), 2)
+        result["handoff_p99_ms"] = round(pct(hand, 0.99), 2)
+        sat_hand = watch.handoffs_ms(ids)
+        result["handoff_at_saturation_p50_ms"] = round(pct(sat_hand, 0.5), 1)
+        result["steady_rate_per_s"] = args.steady_rate
+        console.print(
+            f"  {result['requests_per_s']} req/s end to end; hand-off p50 "
+            f"{result['handoff_p50_ms']} ms, p99 {result['handoff_p99_ms']} ms "
+            f"at {args.steady_rate:.0f} req/s"
+        )
+        pipeline.stop()
+
+        # ---- 2. real path ------------------------------------------------------------
+        console.print("[bold]2. real path (emulators, moto S3, SMTP, ffmpeg thumbnails)[/]")
+        pipeline = Pipeline(
+            broker.bootstrap,
+            pg.url,
+            home / "real",
+            PipelinePorts.free(),
+            video_job_seconds=0.0,
+            extra_env={
+                "VIVIDLY_MAX_IN_FLIGHT": "256",
+                "VIVIDLY_VIDEO_POLL_INTERVAL_S": "0.05",
+            },
+        )
+        pipeline.start_emulators()
+        load_corpus_sync(pg.url, pipeline.gemini_url)
+        pipeline.start_services()
+        warm, _ = submit_many(tracker, publisher, 30)
+        watch.wait(warm, 180, "warm-up")
+        pids = {n: m.pid for n, m in pipeline.procs.items()}
+        pids["kafka (tansu)"] = broker.managed.pid if broker.managed else 0
+        pids["postgres"] = pg.managed.pid if pg.managed else 0
+        before = cpu_seconds(pids)
+        ids, t0 = submit_many(tracker, publisher, args.real_requests)
+        last = watch.wait(ids, 600, f"{args.real_requests} requests on the real path")
+        after = cpu_seconds(pids)
+        elapsed = last - t0
+        result["real_requests_per_s"] = round(args.real_requests / elapsed, 1)
+        used = {n: after[n] - before.get(n, 0) for n in after}
+        total = sum(used.values()) or 1.0
+        result["real_cpu_profile"] = {
+            n: f"{100 * v / total:.0f}%"
+            for n, v in sorted(used.items(), key=lambda kv: -kv[1])
+            if v > 0
+        }
+        result["real_cpu_s_per_request_ms"] = round(1000 * total / args.real_requests, 1)
+        console.print(
+            f"  {result['real_requests_per_s']} req/s; CPU by process: {result['real_cpu_profile']}"
+        )
+
+        # ---- 3. concurrency ------------------------------------------------------------
+        console.print(
+            f"[bold]3. {args.inflight} requests in flight, "
+            f"{args.job_seconds:.0f} s per video job[/]"
+        )
+        pipeline.set_knobs("video", job_seconds=args.job_seconds)
+        sampler = RssSampler({n: m.pid for n, m in pipeline.procs.items() if n in SERVICES})
+        ids, t0 = submit_many(tracker, publisher, args.inflight, varied=False)
+        last = watch.wait(ids, 300, f"{args.inflight} requests, {args.job_seconds:.0f}s jobs")
+        rss = sampler.stop()
+        result["inflight_2000_s"] = round(last - t0, 1)
+        result["max_rss_mb"] = max(rss.values())
+        result["rss_mb_by_service"] = rss
+        result["failed"] = len(watch.failed)
+        console.print(f"  all done in {result['inflight_2000_s']} s; peak RSS {rss}")
+        watch.stop()
+        publisher.close(10)
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+        pg.stop()
+        broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__)
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--steady-requests", type=int, default=1000)
+    p.add_argument("--steady-rate", type=float, default=100.0)
+    p.add_argument("--real-requests", type=int, default=300)
+    p.add_argument("--inflight", type=int, default=2000)
+    p.add_argument("--job-seconds", type=float, default=20.0)
+    args = p.parse_args(argv)
+    result = run(args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
