@@ -103,6 +103,8 @@ def write_script(prompt: str) -> str:
     except ValueError:
         target = 300
     context = prompt.split("Context:", 1)[1] if "Context:" in prompt else ""
+    # Drop the "[title — source]" line above each passage; keep the passage text.
+    context = "\n".join(line for line in context.splitlines() if not line.startswith("["))
     sentences = [
         s.strip()
         for s in re.split(r"(?<=[.!?])\s+", context)

@@ -64,6 +64,7 @@ class _Counters(pybreaker.CircuitBreakerListener):
 
     total_calls: int = 0
     total_failures: int = 0
+    rejected_calls: int = 0
     opened_at: float | None = None
     on_change: list[Callable[[CircuitBreaker, str, str], None]] = field(default_factory=list)
 
@@ -167,12 +168,14 @@ async def guarded(cb: CircuitBreaker, call: Callable[[], Awaitable[T]]) -> T:
         with cb.calling():
             return await call()
     except CircuitBreakerError:
+        _counters(cb).rejected_calls += 1
         due = retry_at(cb) or (time.time() + float(cb.reset_timeout))
         raise CircuitOpen(cb.name or "?", due) from None
 
 
 def get_all_circuit_breaker_stats() -> dict[str, dict[str, Any]]:
-    """Per breaker: state, total_calls, total_failures, failure_rate, fail_counter,
+    """Per breaker: state, total_calls (calls made), total_failures, rejected_calls (not
+    made: the breaker was open), failure_rate, fail_counter,
     opened_at (epoch s or None) and retry_at, as the seed's health check reads them."""
     out: dict[str, dict[str, Any]] = {}
     for name, cb in BREAKERS.items():
@@ -181,6 +184,7 @@ def get_all_circuit_breaker_stats() -> dict[str, dict[str, Any]]:
             "state": cb.current_state,
             "total_calls": c.total_calls,
             "total_failures": c.total_failures,
+            "rejected_calls": c.rejected_calls,
             "failure_rate": c.total_failures / c.total_calls if c.total_calls else 0.0,
             "fail_counter": cb.fail_counter,
             "opened_at": c.opened_at,
@@ -194,5 +198,5 @@ def reset_all() -> None:
     for cb in BREAKERS.values():
         cb.close()
         c = _counters(cb)
-        c.total_calls = c.total_failures = 0
+        c.total_calls = c.total_failures = c.rejected_calls = 0
         c.opened_at = None

@@ -1,0 +1,232 @@
+"""Each external interface's real client (against its local server) and its in-process
+stand-in pass the same assertions, so the stand-ins used by unit tests and the framework
+benchmark cannot drift from what the real clients do."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from email.mime.text import MIMEText
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from emulators.gemini import make_app as gemini_app
+from emulators.knobs import Knobs
+from emulators.video import make_app as video_app
+from services.notify.providers import Mailer, MemoryMailer, SmtpMailer
+from services.rag.providers import Embedder, GeminiEmbedder, HashEmbedder
+from services.script.providers import GeminiScriptWriter, LocalScriptWriter, ScriptWriter
+from services.video.providers import (
+    HttpVideoAPI,
+    LocalVideoAPI,
+    MemoryStorage,
+    S3Storage,
+    Storage,
+    VideoAPI,
+)
+from tests.contract.servers import serving
+from vividly.clients import ProviderError
+from vividly.config import Settings
+from vividly.stack import free_port
+
+HEADERS = {
+    "X-Correlation-ID": "c0ffee00-0000-4000-8000-000000000001",
+    "traceparent": "00-c0ffee00000040008000000000000001-0123456789abcdef-01",
+}
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[str]:
+    with serving(gemini_app()) as url:
+        yield url
+
+
+@pytest.fixture(params=["local", "gemini-sdk"])
+def embedder(request: pytest.FixtureRequest) -> Embedder:
+    if request.param == "local":
+        return HashEmbedder(384)
+    url = request.getfixturevalue("gemini")
+    return GeminiEmbedder(Settings(gemini_base_url=url, embedding_dim=384))
+
+
+def test_embedder_contract(embedder: Embedder) -> None:
+    texts = [
+        "photosynthesis chlorophyll light energy",
+        "chlorophyll absorbs light energy",
+        "the american revolution and independence",
+    ]
+    vecs = asyncio.run(embedder.embed(texts, HEADERS))
+    assert len(vecs) == 3
+    assert all(len(v) == 384 for v in vecs)
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in vecs)
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2])
+    assert asyncio.run(embedder.embed(texts[:1], HEADERS))[0] == pytest.approx(vecs[0])
+
+
+@pytest.fixture(params=["local", "gemini-sdk"])
+def writer(request: pytest.FixtureRequest) -> ScriptWriter:
+    if request.param == "local":
+        return LocalScriptWriter()
+    url = request.getfixturevalue("gemini")
+    return GeminiScriptWriter(Settings(gemini_base_url=url))
+
+
+def test_script_writer_contract(writer: ScriptWriter) -> None:
+    prompt = (
+        "Topic: Volcanoes\nLearning objective: Explain eruptions\nGrade level: 6\n"
+        "Target length: 300 words\nContext:\n[Magma — x]\nMagma rises through cracks "
+        "in the crust. Runny lava flows gently while thick lava explodes.\n"
+    )
+    text = asyncio.run(writer.write(prompt, HEADERS))
+    assert "Volcanoes" in text
+    assert 270 <= len(text.split()) <= 420
+    assert "Magma rises through cracks in the crust." in text
+
+
+def test_the_sdk_sends_our_headers_to_gemini(gemini: str) -> None:
+    import json
+    import urllib.request
+
+    asyncio.run(
+        GeminiScriptWriter(Settings(gemini_base_url=gemini)).write(
+            "Topic: Tides\nTarget length: 50 words\n", HEADERS
+        )
+    )
+    with urllib.request.urlopen(f"{gemini}/_emulator/requests?path=/v1", timeout=5) as r:
+        last = json.loads(r.read())["requests"][-1]
+    assert last["headers"]["x-correlation-id"] == HEADERS["X-Correlation-ID"]
+    assert last["headers"]["traceparent"] == HEADERS["traceparent"]
+
+
+@pytest.fixture(params=["local", "http"])
+def video_api(request: pytest.FixtureRequest) -> Iterator[VideoAPI]:
+    if request.param == "local":
+        yield LocalVideoAPI(0.3)
+        return
+    with serving(video_app(Knobs(job_seconds=0.3))) as url:
+        api = HttpVideoAPI(Settings(video_api_url=url))
+        yield api
+
+
+def test_video_api_contract(video_api: VideoAPI) -> None:
+    async def run() -> tuple[str, str, dict[str, Any], bytes]:
+        try:
+            a = await video_api.submit(
+                "Welcome! Today we explore tides.", 1, "Tides", "r1:1", HEADERS
+            )
+            b = await video_api.submit(
+                "Welcome! Today we explore tides.", 1, "Tides", "r1:1", HEADERS
+            )
+            deadline = time.monotonic() + 30
+            status: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                status = await video_api.status(a, HEADERS)
+                if status["status"] == "completed":
+                    break
+                assert status["status"] in ("queued", "processing")
+                assert 0 <= int(status["progress"]) < 100
+                await asyncio.sleep(0.05)
+            data = await video_api.download(status["video_url"], HEADERS)
+            return a, b, status, data
+        finally:
+            if isinstance(video_api, HttpVideoAPI):
+                await video_api.close()
+
+    a, b, status, data = asyncio.run(run())
+    assert a == b, "the same idempotency key is the same job"
+    assert status["status"] == "completed"
+    assert status["progress"] == 100
+    assert len(data) > 8
+    assert data[4:8] == b"ftyp"
+
+
+@pytest.fixture(params=["memory", "s3-moto"])
+def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    if request.param == "memory":
+        yield MemoryStorage("memory://cdn/vividly-videos")
+        return
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = S3Storage(Settings(s3_endpoint_url=f"http://127.0.0.1:{port}"))
+        s3.ensure_bucket()
+        yield s3
+    finally:
+        server.stop()
+
+
+def test_storage_contract(storage: Storage) -> None:
+    url = asyncio.run(storage.upload("r1.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4", HEADERS))
+    assert url.endswith("/vividly-videos/r1.mp4")
+    if url.startswith("http"):
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.read() == b"\x00\x00\x00\x18ftypmp42"
+
+
+def test_s3_calls_carry_correlation_headers() -> None:
+    """boto3 pointed at a server that records what it receives."""
+    seen: list[dict[str, str]] = []
+
+    async def put(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        await request.read()
+        return web.Response(status=200, headers={"ETag": '"x"'})
+
+    app = web.Application()
+    app.router.add_put("/{tail:.*}", put)
+    with serving(app) as url:
+        s3 = S3Storage(Settings(s3_endpoint_url=url))
+        asyncio.run(s3.upload("r9.jpg", b"\xff\xd8", "image/jpeg", HEADERS))
+    assert seen[0]["X-Correlation-ID"] == HEADERS["X-Correlation-ID"]
+    assert seen[0]["traceparent"] == HEADERS["traceparent"]
+
+
+@pytest.fixture(params=["memory", "smtp"])
+def mailer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Mailer, Any]]:
+    if request.param == "memory":
+        m = MemoryMailer()
+        yield m, lambda: len(m.sent)
+        return
+    from aiosmtpd.controller import Controller
+
+    from emulators.smtp_sink import StoreOnDisk
+
+    port = free_port()
+    controller = Controller(StoreOnDisk(tmp_path), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield (
+            SmtpMailer(Settings(smtp_host="127.0.0.1", smtp_port=port)),
+            lambda: len(list(tmp_path.glob("*.eml"))),
+        )
+    finally:
+        controller.stop()
+
+
+def test_mailer_contract(mailer: tuple[Mailer, Any]) -> None:
+    m, count = mailer
+    msg = MIMEText("hello", "plain", "utf-8")
+    msg["From"], msg["To"], msg["Subject"] = "a@vividly.edu", "s@school.edu", "Hi"
+    asyncio.run(m.send(msg))
+    assert count() == 1
+
+
+def test_smtp_refusal_is_a_provider_error() -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(SmtpMailer(Settings(smtp_port=port, http_timeout_s=2)).send(MIMEText("x")))
+    assert getattr(info.value, "is_retryable", None) is True
