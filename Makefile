@@ -84,6 +84,7 @@ test-unit: setup
 
 bench: setup
 	$(PY) -m bench.tracker
+	$(PY) -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache test-artifacts

@@ -305,7 +305,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             video_job_seconds=0.0,
             extra_env={
                 "VIVIDLY_MAX_IN_FLIGHT": "256",
-                "VIVIDLY_VIDEO_POLL_INTERVAL_S": "0.05",
             },
         )
         pipeline.start_emulators()

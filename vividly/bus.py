@@ -165,7 +165,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
         "max.poll.interval.ms": 300_000,
-        "fetch.wait.max.ms": 20,
+        "fetch.wait.max.ms": settings.fetch_wait_max_ms,
     }
 
 
@@ -419,7 +419,7 @@ class ConsumerLoop:
                         msg, delivery.headers, "handler_error", f"{type(exc).__name__}: {exc}"
                     )
                     return
-            if outputs:
+            if outputs and self.settings.causal_events:
                 # Every fact the handler published (tracking events) is durable before
                 # the next stage can see its input: a request's events stay causal.
                 await self._delivered(self.publisher.last_seq())

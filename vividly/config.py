@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
     topic_partitions: int = Field(default=6, ge=1, description="Partitions per topic on create.")
     replication_factor: int = Field(default=1, ge=1)
+    fetch_wait_max_ms: int = Field(
+        default=5, ge=0, description="How long the broker may hold a fetch for data."
+    )
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Consumer session timeout (Tansu joins take ~half)."
     )
@@ -62,6 +65,11 @@ class Settings(BaseSettings):
     handler_retry_backoff_s: float = Field(default=0.2, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     commit_interval_s: float = Field(default=0.5, gt=0)
+    causal_events: bool = Field(
+        default=True,
+        description="Publish a handler's outputs only once its tracking events are "
+        "acknowledged, so the next stage's events always follow this one's in the log.",
+    )
 
     # --- tracker -----------------------------------------------------------------------
     producer_name: str = Field(default="vividly", description="Service name put on events.")
@@ -100,7 +108,10 @@ class Settings(BaseSettings):
     embedding_dim: int = Field(default=384, ge=8)
     video_api_url: str = "http://127.0.0.1:8702"
     video_api_key: str = "local-emulator-key"
-    video_poll_interval_s: float = Field(default=1.0, gt=0)
+    video_poll_interval_s: float = Field(
+        default=3.0, gt=0, description="Longest wait between two polls of a video job."
+    )
+    video_processing_concurrency: int = Field(default=32, ge=1)
     video_timeout_s: float = Field(default=600.0, gt=0)
     s3_endpoint_url: str | None = "http://127.0.0.1:8703"
     s3_bucket: str = "vividly-videos"

@@ -95,10 +95,10 @@ class CompletionWindow:
 
     __slots__ = ("_done", "_last", "_pending")
 
-    def __init__(self) -> None:
+    def __init__(self, first: int = 0) -> None:
         self._pending: collections.deque[int] = collections.deque()
         self._done: set[int] = set()
-        self._last = -1
+        self._last = first - 1  # "done through" before anything was added
 
     def add(self, n: int) -> None:
         self._pending.append(n)
@@ -160,7 +160,7 @@ class KafkaPublisher:
         self._queue_full_wait_s = queue_full_wait_s
         self._lock = threading.Lock()
         self._seq = 0
-        self._window = CompletionWindow()
+        self._window = CompletionWindow(first=1)
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self.published = 0
         self.delivered = 0

@@ -44,7 +44,7 @@ class FakePublisher:
     def __init__(self, fail_topics: frozenset[str] = frozenset()) -> None:
         self.messages: list[Published] = []
         self.fail_topics = fail_topics
-        self._window = CompletionWindow()
+        self._window = CompletionWindow(first=1)
         self._seq = 0
         self.failed = 0
         self.failures: list[FailedDelivery] = []

@@ -3,10 +3,11 @@ request; one email per outcome of a request, however often a message is redelive
 
 from __future__ import annotations
 
+from email.charset import QP, Charset
 from email.message import Message
 from email.mime.text import MIMEText
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from services.notify.providers import Mailer
 from vividly.breakers import guarded, smtp_breaker
@@ -70,7 +71,9 @@ def compose(
             f"What went wrong: {error}\n\nYou can submit the request again, or ask your "
             "teacher to retry it from the dashboard.\n\nVividly\n"
         )
-    msg = MIMEText(body, "plain", "utf-8")
+    charset = Charset("utf-8")
+    charset.body_encoding = QP  # readable .eml files, not base64
+    msg = MIMEText(body, "plain", cast(Any, charset))  # typeshed says str; Charset works
     msg["From"] = sender
     msg["To"] = recipient(item)
     msg["Date"] = formatdate(localtime=False)

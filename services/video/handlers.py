@@ -15,9 +15,12 @@ from vividly.stage import StageContext
 
 
 class VideoGeneration:
-    def __init__(self, api: VideoAPI, poll_interval_s: float, timeout_s: float) -> None:
+    def __init__(
+        self, api: VideoAPI, poll_interval_s: float, timeout_s: float, first_poll_s: float = 0.2
+    ) -> None:
         self.api = api
-        self.poll_interval_s = poll_interval_s
+        self.poll_interval_s = poll_interval_s  # the longest wait between two polls
+        self.first_poll_s = min(first_poll_s, poll_interval_s)
         self.timeout_s = timeout_s
 
     async def __call__(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
@@ -36,6 +39,7 @@ class VideoGeneration:
         )
         deadline = time.monotonic() + self.timeout_s
         last = -1
+        wait = self.first_poll_s
         while True:
             status = await guarded(nano_banana_breaker, lambda: self.api.status(job_id, headers))
             state = status.get("status")
@@ -61,16 +65,27 @@ class VideoGeneration:
                     retryable=True,
                     details={"job_id": job_id},
                 )
-            await asyncio.sleep(self.poll_interval_s)
+            # Poll soon at first (short jobs finish fast), then back off to the interval:
+            # hundreds of long jobs at once must not flood the API with status calls.
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self.poll_interval_s)
 
 
 class VideoProcessing:
-    def __init__(self, api: VideoAPI, storage: Storage, thumbnailer: Thumbnailer) -> None:
+    def __init__(
+        self, api: VideoAPI, storage: Storage, thumbnailer: Thumbnailer, concurrency: int = 32
+    ) -> None:
         self.api = api
         self.storage = storage
         self.thumbnailer = thumbnailer
+        # Videos are held in memory while processed: bound how many at once.
+        self.slots = asyncio.Semaphore(concurrency)
 
     async def __call__(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        async with self.slots:
+            return await self._process(item, ctx)
+
+    async def _process(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
         gen = ctx.output_of("video_generation")
         headers = ctx.headers()
         rid = item.request_id

@@ -48,7 +48,7 @@ async def build(deps: Deps) -> Built:
             ),
             Stage(
                 "video_processing",
-                VideoProcessing(api, storage, thumbnailer),
+                VideoProcessing(api, storage, thumbnailer, s.video_processing_concurrency),
                 breakers=(nano_banana_breaker, cdn_breaker),
             ),
         ],

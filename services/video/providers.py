@@ -258,6 +258,7 @@ class FfmpegThumbnailer:
     def __init__(self, parallel: int = 2, cache_size: int = 256) -> None:
         self.sem = asyncio.Semaphore(parallel)
         self.cache: dict[str, bytes] = {}
+        self.inflight: dict[str, asyncio.Future[bytes]] = {}
         self.cache_size = cache_size
 
     async def thumbnail(self, video: bytes) -> bytes:
@@ -265,7 +266,21 @@ class FfmpegThumbnailer:
         hit = self.cache.get(digest)
         if hit is not None:
             return hit
-        thumb = await self._make(video)
+        # Single flight: many requests finishing with the same video wait for one ffmpeg.
+        pending = self.inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.inflight[digest] = fut
+        try:
+            thumb = await self._make(video)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        finally:
+            self.inflight.pop(digest, None)
+        fut.set_result(thumb)
         if len(self.cache) >= self.cache_size:
             self.cache.pop(next(iter(self.cache)))
         self.cache[digest] = thumb

@@ -118,6 +118,9 @@ def test_when_delivered_fires_once_everything_up_to_seq_is_settled(
     publisher_and_reader: tuple[Publisher, Any, str],
 ) -> None:
     pub, _read, topic = publisher_and_reader
+    nothing_yet = threading.Event()
+    pub.when_delivered(pub.last_seq(), nothing_yet.set)  # nothing published: at once
+    assert nothing_yet.is_set()
     seqs = [pub.publish(topic, b"k", f"w{i}".encode(), []) for i in range(20)]
     fired = threading.Event()
     pub.when_delivered(seqs[-1], fired.set)

@@ -5,6 +5,7 @@ All pipeline scenarios live in this one module so they share one running pipelin
 from __future__ import annotations
 
 import collections
+import email.message
 import functools
 import signal
 import time
@@ -30,6 +31,12 @@ TOPICS = [
     "The solar system",
     "Chemical reactions",
 ]
+
+
+def body_of(msg: email.message.Message) -> str:
+    raw = msg.get_payload(decode=True)
+    assert isinstance(raw, bytes)
+    return raw.decode()
 
 
 def has_email(h: Harness, rid: str) -> bool:
@@ -69,7 +76,7 @@ def test_fifty_requests_complete_through_six_stages_in_order(harness: Harness) -
         mails = h.emails_for(rid)
         assert len(mails) == 1
         assert mails[0]["X-Vividly-Template"] == "content_ready"
-        assert rc.video_url in mails[0].get_payload()
+        assert rc.video_url in body_of(mails[0])
     # The CDN URLs serve the real MP4 and a JPEG thumbnail.
     sample = next(
         e for e in h.log.events(rids[0]) if e.WhichOneof("event") == "request_completed"
@@ -244,7 +251,7 @@ def test_exhausted_retries_fail_at_the_stage_with_dlq_entry_and_one_error_email(
     time.sleep(1.0)
     mails = h.emails_for(rid)
     assert [m["X-Vividly-Template"] for m in mails] == ["error"]
-    assert "Video generation failed" in mails[0].get_payload()
+    assert "Video generation failed" in body_of(mails[0])
 
 
 def test_sigkill_a_stage_service_mid_flight_every_request_completes_once(
