@@ -345,10 +345,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rss = sampler.stop()
         result["inflight_2000_s"] = round(last - t0, 1)
         with watch.lock:
-            reached = [watch.started[(r, "video_generation")] for r in ids
-                       if (r, "video_generation") in watch.started]
-            finished_gen = [watch.completed[(r, "video_generation")] for r in ids
-                            if (r, "video_generation") in watch.completed]
+            reached = [
+                watch.started[(r, "video_generation")]
+                for r in ids
+                if (r, "video_generation") in watch.started
+            ]
+            finished_gen = [
+                watch.completed[(r, "video_generation")]
+                for r in ids
+                if (r, "video_generation") in watch.completed
+            ]
         result["inflight_all_jobs_submitted_s"] = round(max(reached) - t0, 1)
         result["inflight_all_jobs_done_s"] = round(max(finished_gen) - t0, 1)
         result["max_rss_mb"] = max(rss.values())
