@@ -19,6 +19,7 @@ from vividly.config import DLQ_TOPIC, RENDERED, Settings
 from vividly.events import WorkItem
 from vividly.ledger import create_pool
 from vividly.logs import configure_logging
+from vividly.metrics import install_breaker_metrics
 from vividly.publish import KafkaPublisher
 from vividly.tracker import RequestTracker
 
@@ -57,6 +58,7 @@ async def serve(
     tracker = RequestTracker.from_settings(settings, publisher)
     configure_breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s)
     publish_breaker_events(tracker)
+    install_breaker_metrics()
     pool = await create_pool(settings.effective_database_url(), size=8)
     deps = Deps(settings, tracker, publisher, pool)
     try:

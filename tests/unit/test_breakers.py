@@ -103,3 +103,33 @@ def test_half_open_trial_success_closes_it() -> None:
 
     asyncio.run(run())
     assert nano_banana_breaker.current_state == "closed"
+
+
+def test_every_state_change_updates_the_breaker_metrics() -> None:
+    from prometheus_client import REGISTRY
+
+    from vividly.metrics import install_breaker_metrics
+
+    install_breaker_metrics()
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert value("vividly_breaker_state", breaker="nano_banana") == 0
+    opened_before = (
+        value("vividly_breaker_transitions_total", breaker="nano_banana", to_state="open") or 0.0
+    )
+    configure_breakers(1, 60)
+
+    async def trip() -> None:
+        with pytest.raises(CircuitOpen):
+            await guarded(nano_banana_breaker, fail)
+
+    asyncio.run(trip())
+    assert value("vividly_breaker_state", breaker="nano_banana") == 2
+    assert (
+        value("vividly_breaker_transitions_total", breaker="nano_banana", to_state="open")
+        == opened_before + 1
+    )
+    reset_all()
+    assert value("vividly_breaker_state", breaker="nano_banana") == 0
