@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from emulators.knobs import Knobs, Recorder, install, serve
+from vividly.media import ffmpeg
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 
@@ -95,12 +96,7 @@ class Renderer:
             )
         tmp = out.with_suffix(".tmp.mp4")
         async with self.sem:
-            proc = await asyncio.create_subprocess_exec(
-                "ffmpeg",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
+            await ffmpeg(
                 "-f",
                 "lavfi",
                 "-i",
@@ -121,12 +117,7 @@ class Renderer:
                 "-movflags",
                 "+faststart",
                 str(tmp),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
             )
-            _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(err.decode(errors="replace")[-300:])
         tmp.replace(out)
         return out
 

@@ -358,11 +358,7 @@ class RequestTracker:
         total_failures: int = 0,
     ) -> None:
         """Record a circuit breaker's state change; keyed by the breaker's name."""
-        env = Envelope()
-        env.event_id = str(_uuid7())
-        env.occurred_at.FromNanoseconds(_time_ns())
-        env.producer = self.producer
-        env.schema_version = SCHEMA_VERSION
+        env = self._new_envelope()
         ev = env.breaker_state_changed
         ev.breaker = breaker
         ev.old_state = old_state
@@ -508,9 +504,13 @@ class RequestTracker:
     def _envelope(self, request_id: str) -> Envelope:
         if not request_id:
             raise TrackerError("request_id is required")
+        env = self._new_envelope()
+        env.request_id = request_id
+        return env
+
+    def _new_envelope(self) -> Envelope:
         env = Envelope()
         env.event_id = str(_uuid7())
-        env.request_id = request_id
         ns = _time_ns()
         ts = env.occurred_at
         ts.seconds = ns // 1_000_000_000

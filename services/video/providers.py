@@ -17,6 +17,7 @@ import aiohttp
 
 from vividly.clients import ProviderError, classify
 from vividly.config import Settings
+from vividly.media import FfmpegError, ffmpeg
 
 # Headers for the S3 call being made in this context (boto3 runs in a worker thread;
 # asyncio.to_thread copies the context, so the hook sees the caller's headers).
@@ -291,29 +292,22 @@ class FfmpegThumbnailer:
             with tempfile.TemporaryDirectory(prefix="thumb-") as tmp:
                 src, out = Path(tmp) / "in.mp4", Path(tmp) / "out.jpg"
                 src.write_bytes(video)
-                proc = await asyncio.create_subprocess_exec(
-                    "ffmpeg",
-                    "-hide_banner",
-                    "-loglevel",
-                    "error",
-                    "-y",
-                    "-ss",
-                    "1",
-                    "-i",
-                    str(src),
-                    "-frames:v",
-                    "1",
-                    "-vf",
-                    "scale=320:-2",
-                    str(out),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                )
-                _, err = await proc.communicate()
-                if proc.returncode != 0 or not out.exists():
-                    raise ProviderError(
-                        f"thumbnail failed: {err.decode(errors='replace')[-300:]}", retryable=False
+                try:
+                    await ffmpeg(
+                        "-ss",
+                        "1",
+                        "-i",
+                        str(src),
+                        "-frames:v",
+                        "1",
+                        "-vf",
+                        "scale=320:-2",
+                        str(out),
                     )
+                except FfmpegError as exc:
+                    raise ProviderError(f"thumbnail failed: {exc}", retryable=False) from exc
+                if not out.exists():
+                    raise ProviderError("thumbnail failed: no image written", retryable=False)
                 return out.read_bytes()
 
 
