@@ -24,12 +24,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import (
-    OFFSET_INVALID,
     Consumer,
     KafkaError,
     KafkaException,
@@ -121,7 +120,6 @@ class LoopStats:
     handled: int = 0
     dead_lettered: int = 0
     retried: int = 0
-    skipped: int = 0
     commits: int = 0
     in_flight: int = 0
 
@@ -226,7 +224,6 @@ class ConsumerLoop:
         self._paused = False
         self._consumer: Consumer | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
         # One thread owns every call into the consumer.
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-consumer")
         self.ready = threading.Event()
@@ -235,13 +232,10 @@ class ConsumerLoop:
     def stop(self) -> None:
         """Ask the loop to drain and exit (thread-safe, signal-safe)."""
         self._stopping.set()
-        if self._aio is not None and self._wakeup is not None:
-            self._aio.call_soon_threadsafe(self._wakeup.set)
 
     async def run(self) -> None:
         """Run until :meth:`stop` or SIGTERM/SIGINT; drains and commits on the way out."""
         self._aio = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
         installed = self._install_signals()
         ensure_topics(self.settings, self.topic_partitions)
         consumer = Consumer(self._consumer_conf)
@@ -325,8 +319,6 @@ class ConsumerLoop:
             del self._key_tails[key]
         if not task.cancelled() and task.exception() is not None and self._fatal is None:
             self._fatal = task.exception()
-        if self._wakeup is not None:
-            self._wakeup.set()
 
     async def _process(
         self,
@@ -668,18 +660,8 @@ class EventRouter:
             )
 
 
-def run_loops(loops: Iterable[ConsumerLoop]) -> None:
-    """Run several loops in one process until they stop (used by service mains)."""
-
-    async def main() -> None:
-        await asyncio.gather(*(lp.run() for lp in loops))
-
-    asyncio.run(main())
-
-
 __all__ = [
     "DECODERS",
-    "OFFSET_INVALID",
     "ConsumerLoop",
     "Delivery",
     "EventHandler",
@@ -691,5 +673,4 @@ __all__ = [
     "RetryableError",
     "consumer_config",
     "ensure_topics",
-    "run_loops",
 ]

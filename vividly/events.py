@@ -7,7 +7,6 @@ Events are dispatched by their type through :data:`EVENT_TYPES`, never by string
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -74,7 +73,6 @@ H_TYPE: Final = "vividly-type"
 H_CORRELATION: Final = "x-correlation-id"
 H_TRACEPARENT: Final = "traceparent"
 H_EVENT_TYPE: Final = "vividly-event"
-H_SCHEMA: Final = "vividly-schema-version"
 
 ENVELOPE_TYPE: Final = Envelope.DESCRIPTOR.full_name  # "vividly.v1.Envelope"
 WORK_ITEM_TYPE: Final = WorkItem.DESCRIPTOR.full_name  # "vividly.v1.WorkItem"
@@ -130,10 +128,6 @@ def decode_envelope(data: bytes) -> Envelope:
     env = Envelope()
     env.ParseFromString(data)
     return env
-
-
-def now_ns() -> int:
-    return time.time_ns()
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,7 +167,6 @@ class StageRunner:
         self.dlq_topic = dlq_topic
         self.on_done = on_done
         self.rng = rng or random.Random()
-        self.waiting = 0  # items held by an open breaker right now
 
     # -- the loop's gate: take no new input while one of our breakers is open -----------
     def accepting(self) -> bool:
@@ -242,13 +241,8 @@ class StageRunner:
             f"{exc.breaker} circuit breaker is open",
             exc.retry_at,
         )
-        self.waiting += 1
-        try:
-            # Spread the trial calls a little so one request probes first.
-            delay = max(0.0, exc.retry_at - time.time()) + self.rng.uniform(0, 0.25)
-            await asyncio.sleep(delay)
-        finally:
-            self.waiting -= 1
+        # Spread the trial calls a little so one request probes first.
+        await asyncio.sleep(max(0.0, exc.retry_at - time.time()) + self.rng.uniform(0, 0.25))
 
     def _failed(
         self, stage: Stage, item: WorkItem, attempt: int, exc: BaseException, started: float

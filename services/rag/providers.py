@@ -41,6 +41,28 @@ def load_corpus(path: Path = CORPUS_FILE) -> list[dict[str, str]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def passage_text(p: dict[str, str]) -> str:
+    """What is embedded and matched for a passage: the same for both retrievers."""
+    return f"{p['topic']} {p['title']} {p['text']}"
+
+
+GRADE_BOOST = 1.2  # a passage written for the request's grade band ranks a little higher
+
+
+def _ranked(p: dict[str, str], score: float, grade: str, text_key: str = "text") -> Chunk:
+    boost = GRADE_BOOST if grade_in_band(grade, p["grade_band"]) else 1.0
+    return Chunk(
+        p["id"],
+        p["topic"],
+        p["title"],
+        p["source"],
+        p["licence"],
+        p["grade_band"],
+        p[text_key],
+        score * boost,
+    )
+
+
 def grade_in_band(grade: str, band: str) -> bool:
     g = 0 if grade == "K" else int(grade) if grade.isdigit() else -1
     lo, _, hi = band.partition("-")
@@ -137,19 +159,7 @@ class PgRetriever:
     async def search(self, query: str, vector: list[float], grade: str, k: int) -> list[Chunk]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self.SQL, _vector_literal(vector), _or_query(query), k * 3)
-        chunks = [
-            Chunk(
-                r["id"],
-                r["topic"],
-                r["title"],
-                r["source"],
-                r["licence"],
-                r["grade_band"],
-                r["content"],
-                float(r["score"]) * (1.2 if grade_in_band(grade, r["grade_band"]) else 1),
-            )
-            for r in rows
-        ]
+        chunks = [_ranked(dict(r), float(r["score"]), grade, "content") for r in rows]
         chunks.sort(key=lambda c: c.score, reverse=True)
         return chunks[:k]
 
@@ -161,8 +171,8 @@ class MemoryRetriever:
         self.rows = [
             (
                 p,
-                hashed_embedding(f"{p['topic']} {p['title']} {p['text']}", dim),
-                set(_WORD.findall(f"{p['topic']} {p['title']} {p['text']}".lower())),
+                hashed_embedding(passage_text(p), dim),
+                set(_WORD.findall(passage_text(p).lower())),
             )
             for p in passages
         ]
@@ -179,22 +189,7 @@ class MemoryRetriever:
             score[i] = score.get(i, 0) + 1 / (60 + rank)
         for rank, i in enumerate(by_text[:40], 1):
             score[i] = score.get(i, 0) + 1 / (60 + rank)
-        out = []
-        for i, s in score.items():
-            p = self.rows[i][0]
-            boost = 1.2 if grade_in_band(grade, p["grade_band"]) else 1.0
-            out.append(
-                Chunk(
-                    p["id"],
-                    p["topic"],
-                    p["title"],
-                    p["source"],
-                    p["licence"],
-                    p["grade_band"],
-                    p["text"],
-                    s * boost,
-                )
-            )
+        out = [_ranked(self.rows[i][0], s, grade) for i, s in score.items()]
         out.sort(key=lambda c: c.score, reverse=True)
         return out[:k]
 
@@ -214,7 +209,7 @@ async def load_into_postgres(
     written = 0
     for start in range(0, len(passages), batch):
         part = passages[start : start + batch]
-        vectors = await embedder.embed([f"{p['topic']} {p['title']} {p['text']}" for p in part], {})
+        vectors = await embedder.embed([passage_text(p) for p in part], {})
         async with pool.acquire() as conn:
             await conn.executemany(
                 "INSERT INTO vividly.oer_chunks"
