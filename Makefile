@@ -24,14 +24,16 @@ help:
 setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
 
 # Java and Maven resolve and run the reference Apache Kafka broker; ffmpeg renders the
-# emulated videos and makes thumbnails; fonts for the rendered titles.
+# emulated videos and makes thumbnails; fonts for the rendered titles; Chromium runs the
+# dashboard's browser tests (driven by Playwright with executable_path).
 $(SYSTEM_STAMP):
 	@mkdir -p .cache
 	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null \
-	    || ! command -v ffmpeg >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ]; then \
-	  echo "installing Java, Maven, ffmpeg and fonts from Debian"; \
+	    || ! command -v ffmpeg >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] \
+	    || ! command -v chromium >/dev/null; then \
+	  echo "installing Java, Maven, ffmpeg, fonts and Chromium from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core >/dev/null; \
+	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core chromium >/dev/null; \
 	fi
 	@touch $@
 

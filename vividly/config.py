@@ -134,12 +134,42 @@ class Settings(BaseSettings):
     rag_cache_ttl_s: float = Field(default=3600.0, ge=0)
     rag_top_k: int = Field(default=5, ge=1, le=50)
 
+    # --- the read side -----------------------------------------------------------------
+    projector_batch_max: int = Field(
+        default=5000, ge=1, description="Most tracking events folded in one transaction."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Where the monitoring API listens.")
+    jwt_secret: str | None = Field(
+        default=None,
+        description="HS256 secret for API tokens; default: one generated into VIVIDLY_HOME.",
+    )
+    jwt_issuer: str = "vividly"
+    token_ttl_s: int = Field(default=8 * 3600, ge=60, description="Lifetime of minted tokens.")
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, description="SSE keep-alive interval.")
+    api_db_pool_size: int = Field(default=10, ge=1)
+
     # --- logging -----------------------------------------------------------------------
     log_level: str = Field(default="INFO")
 
     def local_database_url(self) -> str:
         """The URL of the embedded Postgres started by ``vividly up``."""
         return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+
+    def effective_jwt_secret(self) -> str:
+        """The configured secret, else one kept in ``$VIVIDLY_HOME/jwt-secret`` (made on
+        first use, mode 0600), so the API and ``vividly token`` agree locally."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        import os
+        import secrets
+
+        path = self.home / "jwt-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     def effective_database_url(self) -> str:
         return self.database_url or self.local_database_url()

@@ -78,7 +78,7 @@ def run_one_request(tracker: RequestTracker, n: int) -> str:
     env.request_retried.attempt = 2
     tracker._send(env, "request_retried")
     for stage in ("video_generation", "video_processing", "notification"):
-        with tracker.track_stage(rid, stage):
+        with tracker.track_stage(rid, stage, attempt=2 if stage == "video_generation" else None):
             pass
     tracker.complete_request(rid, "https://cdn/v.mp4", "script", "https://cdn/t.jpg")
     return rid

@@ -1,0 +1,1 @@
+"""projector: folds ``tracking.events`` into the Postgres read model; ``api/`` serves it."""

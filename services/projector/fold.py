@@ -1,0 +1,575 @@
+"""The fold: a batch of tracking events in, the changes to the read model out. No I/O.
+
+:func:`fold_batch` takes decoded envelopes (in log order) and what the read model already
+knows about the requests they touch (:class:`Known`), and returns a :class:`Batch` of row
+changes that ``store.py`` writes in one transaction. Dispatch is by event type through
+``_FOLDERS`` (one function per past-tense event), never by if-chains.
+
+Rules a reader of the tables can rely on:
+
+- A request's ``status`` is one of queued, running, waiting, completed, failed. Once it is
+  completed or failed, only a ``RequestRetried`` moves it again (late stage events, e.g.
+  the error email's bookkeeping, do not reopen it).
+- ``waiting_*`` and ``error_*`` describe the current status only: a status change rewrites
+  them (cleared unless the new status sets them).
+- Stage rows are per attempt; a later event about the same attempt wins field by field.
+- Metrics count stage starts, completions (with a duration histogram), failures and
+  scheduled retries per minute and per hour of the event's own time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from vividly.events import Envelope
+
+#: Upper bounds (ms) of the duration histogram buckets; one more bucket holds the rest.
+DURATION_BOUNDS_MS: tuple[float, ...] = (
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+)
+N_BUCKETS = len(DURATION_BOUNDS_MS) + 1
+
+ACTIVE = ("queued", "running", "waiting")
+TERMINAL = frozenset({"completed", "failed"})
+_SEVERITY = {0: "info", 1: "debug", 2: "info", 3: "warning", 4: "error", 5: "critical"}
+
+
+def ts(t: Any) -> datetime:
+    """A protobuf Timestamp as an aware datetime (UTC)."""
+    return datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC)
+
+
+def _minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def _hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _json_text(raw: bytes) -> str:
+    """Stored JSON object text; anything that is not a JSON object becomes {}."""
+    if not raw:
+        return "{}"
+    text = raw.decode("utf-8", "replace")
+    return text if text.lstrip().startswith("{") else "{}"
+
+
+@dataclass(slots=True)
+class Known:
+    """What the read model holds already for a request the batch touches."""
+
+    status: str
+    organization_id: str | None = None
+    student_id: str | None = None
+
+
+@dataclass(slots=True)
+class RequestDelta:
+    """Changes to one request row. None means "leave as it is"."""
+
+    request_id: str
+    first_seen: datetime
+    updated_at: datetime
+    correlation_id: str | None = None
+    spec: tuple[Any, ...] | None = None  # student, org, topic, objective, grade, minutes, meta, key
+    status: str | None = None
+    current_stage: str | None = None
+    waiting: tuple[str | None, str | None, datetime | None] = (None, None, None)
+    error: tuple[str | None, str | None, str | None] = (None, None, None)
+    outputs: dict[str, str] = field(default_factory=dict)  # stage -> JSON object text
+    attempts: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    video_url: str | None = None
+    thumbnail_url: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+
+    def set_status(self, status: str, at: datetime) -> None:
+        self.status = status
+        self.waiting = (None, None, None)
+        self.error = (None, None, None)
+        self.completed_at = at if status == "completed" else None
+        self.failed_at = at if status == "failed" else None
+
+
+@dataclass(slots=True)
+class StageDelta:
+    """Changes to one stage-attempt row; None fields keep the stored value."""
+
+    status: str
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_ms: float | None = None
+    output: str | None = None
+    error_message: str | None = None
+    error_details: str | None = None
+    is_retryable: bool | None = None
+    due_at: datetime | None = None
+    input_item: bytes | None = None
+
+
+@dataclass(slots=True)
+class MetricDelta:
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    duration_sum_ms: float = 0.0
+    duration_max_ms: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+
+    def observe(self, duration_ms: float) -> None:
+        self.completed += 1
+        self.duration_sum_ms += duration_ms
+        if duration_ms > self.duration_max_ms:
+            self.duration_max_ms = duration_ms
+        self.buckets[bisect.bisect_left(DURATION_BOUNDS_MS, duration_ms)] += 1
+
+
+@dataclass(slots=True)
+class BreakerRow:
+    name: str
+    state: str
+    fail_counter: int
+    success_counter: int
+    total_calls: int
+    total_failures: int
+    opened_at: datetime | None
+    changed_at: datetime
+
+
+@dataclass(slots=True)
+class EventRow:
+    event_id: str
+    request_id: str | None
+    correlation_id: str
+    organization_id: str | None
+    student_id: str | None
+    event_type: str
+    stage: str | None
+    attempt: int | None
+    severity: str
+    message: str
+    data: str
+    producer: str
+    occurred_at: datetime
+
+    def record(self) -> tuple[Any, ...]:
+        return (
+            self.event_id,
+            self.request_id,
+            self.correlation_id,
+            self.organization_id,
+            self.student_id,
+            self.event_type,
+            self.stage,
+            self.attempt,
+            self.severity,
+            self.message,
+            self.data,
+            self.producer,
+            self.occurred_at,
+        )
+
+
+EVENT_COLUMNS = (
+    "event_id",
+    "request_id",
+    "correlation_id",
+    "organization_id",
+    "student_id",
+    "event_type",
+    "stage",
+    "attempt",
+    "severity",
+    "message",
+    "data",
+    "producer",
+    "occurred_at",
+)
+
+
+@dataclass
+class Batch:
+    """Everything one batch of events changes."""
+
+    known: dict[str, Known]
+    events: list[EventRow] = field(default_factory=list)
+    requests: dict[str, RequestDelta] = field(default_factory=dict)
+    stages: dict[tuple[str, str, int], StageDelta] = field(default_factory=dict)
+    stage_minutes: dict[tuple[datetime, str], MetricDelta] = field(default_factory=dict)
+    stage_hours: dict[tuple[datetime, str], MetricDelta] = field(default_factory=dict)
+    request_hours: dict[datetime, list[int]] = field(default_factory=dict)  # created/done/failed
+    status_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (org, status)
+    breakers: dict[str, BreakerRow] = field(default_factory=dict)
+    skipped: int = 0
+
+    # ------------------------------------------------------------------ helpers
+    def request(self, env: Envelope, at: datetime) -> RequestDelta:
+        rid = env.request_id
+        delta = self.requests.get(rid)
+        if delta is None:
+            delta = self.requests[rid] = RequestDelta(rid, at, at)
+        delta.updated_at = at
+        if env.correlation_id and delta.correlation_id is None:
+            delta.correlation_id = env.correlation_id
+        return delta
+
+    def status_of(self, rid: str) -> str | None:
+        delta = self.requests.get(rid)
+        if delta is not None and delta.status is not None:
+            return delta.status
+        known = self.known.get(rid)
+        return known.status if known is not None else None
+
+    def move(self, delta: RequestDelta, status: str, at: datetime, *, reopen: bool = False) -> bool:
+        """Change a request's status, keeping the per-organization counts right. A
+        terminal request only moves when ``reopen`` (a retry). Returns whether it moved."""
+        old = self.status_of(delta.request_id)
+        if old in TERMINAL and not reopen:
+            return False
+        org = self.org_of(delta.request_id) or ""
+        if old is not None:
+            key = (org, old)
+            self.status_counts[key] = self.status_counts.get(key, 0) - 1
+        key = (org, status)
+        self.status_counts[key] = self.status_counts.get(key, 0) + 1
+        delta.set_status(status, at)
+        return True
+
+    def org_of(self, rid: str) -> str | None:
+        delta = self.requests.get(rid)
+        if delta is not None and delta.spec is not None:
+            return str(delta.spec[1])
+        known = self.known.get(rid)
+        return known.organization_id if known is not None else None
+
+    def student_of(self, rid: str) -> str | None:
+        delta = self.requests.get(rid)
+        if delta is not None and delta.spec is not None:
+            return str(delta.spec[0])
+        known = self.known.get(rid)
+        return known.student_id if known is not None else None
+
+    def stage(self, rid: str, stage: str, attempt: int, status: str) -> StageDelta:
+        key = (rid, stage, attempt)
+        row = self.stages.get(key)
+        if row is None:
+            row = self.stages[key] = StageDelta(status)
+        else:
+            row.status = status
+        return row
+
+    def metric(self, at: datetime, stage: str) -> tuple[MetricDelta, MetricDelta]:
+        mk, hk = (_minute(at), stage), (_hour(at), stage)
+        m = self.stage_minutes.get(mk)
+        if m is None:
+            m = self.stage_minutes[mk] = MetricDelta()
+        h = self.stage_hours.get(hk)
+        if h is None:
+            h = self.stage_hours[hk] = MetricDelta()
+        return m, h
+
+    def count_request(self, at: datetime, column: int) -> None:
+        row = self.request_hours.get(_hour(at))
+        if row is None:
+            row = self.request_hours[_hour(at)] = [0, 0, 0]
+        row[column] += 1
+
+
+# ---------------------------------------------------------------------- one per event
+# Each returns (stage, attempt, severity, message, data-JSON-text) for the timeline row.
+Timeline = tuple[str | None, int | None, str, str, str]
+Folder = Callable[[Batch, Envelope, Any, datetime], Timeline]
+
+
+def _request_created(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    r = ev.request
+    d = b.request(env, at)
+    d.spec = (
+        r.student_id,
+        r.organization_id,
+        r.topic,
+        r.learning_objective,
+        r.grade_level,
+        r.duration_minutes,
+        _json_text(r.metadata_json),
+        r.idempotency_key or None,
+    )
+    d.first_seen = at
+    if b.status_of(env.request_id) is None:
+        b.move(d, "queued", at)
+        b.count_request(at, 0)
+    data = orjson.dumps(
+        {
+            "topic": r.topic,
+            "learning_objective": r.learning_objective,
+            "grade_level": r.grade_level,
+            "duration_minutes": r.duration_minutes,
+        }
+    ).decode()
+    return None, None, "info", f"Request created: {r.topic}", data
+
+
+def _request_started(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    if d.started_at is None:
+        d.started_at = at
+    b.move(d, "running", at)
+    return None, None, "info", "Request started", "{}"
+
+
+def _stage_started(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    if b.move(d, "running", at):
+        d.current_stage = ev.stage
+    d.attempts[ev.stage] = ev.attempt
+    row = b.stage(env.request_id, ev.stage, ev.attempt, "running")
+    row.started_at = at
+    m, h = b.metric(at, ev.stage)
+    m.started += 1
+    h.started += 1
+    return ev.stage, ev.attempt, "info", f"{ev.stage} started (attempt {ev.attempt})", "{}"
+
+
+def _stage_completed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    output = _json_text(ev.output_json)
+    d.outputs[ev.stage] = output
+    if b.status_of(env.request_id) not in TERMINAL:
+        d.current_stage = ev.stage
+    row = b.stage(env.request_id, ev.stage, ev.attempt, "completed")
+    row.ended_at = at
+    row.duration_ms = ev.duration_ms
+    row.output = output
+    m, h = b.metric(at, ev.stage)
+    m.observe(ev.duration_ms)
+    h.observe(ev.duration_ms)
+    data = f'{{"duration_ms":{ev.duration_ms!r},"output":{output}}}'
+    msg = f"{ev.stage} completed in {ev.duration_ms / 1000:.2f} s"
+    return ev.stage, ev.attempt, "info", msg, data
+
+
+def _stage_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    if b.status_of(env.request_id) not in TERMINAL:
+        d.current_stage = ev.stage
+    details = _json_text(ev.error_details_json)
+    row = b.stage(env.request_id, ev.stage, ev.attempt, "failed")
+    row.ended_at = at
+    row.duration_ms = ev.duration_ms
+    row.error_message = ev.error_message
+    row.error_details = details
+    row.is_retryable = ev.is_retryable
+    if ev.HasField("input"):
+        row.input_item = ev.input.SerializeToString()
+    m, h = b.metric(at, ev.stage)
+    m.failed += 1
+    h.failed += 1
+    data = (
+        f'{{"error_message":{orjson.dumps(ev.error_message).decode()},'
+        f'"is_retryable":{"true" if ev.is_retryable else "false"},'
+        f'"duration_ms":{ev.duration_ms!r},"error_details":{details}}}'
+    )
+    msg = f"{ev.stage} failed: {ev.error_message}"
+    return ev.stage, ev.attempt, "error", msg, data
+
+
+def _stage_retry_scheduled(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    due = ts(ev.due_at)
+    if b.move(d, "waiting", at):
+        d.current_stage = ev.stage
+        d.waiting = ("retry_scheduled", ev.reason, due)
+    row = b.stage(env.request_id, ev.stage, ev.attempt, "scheduled")
+    row.due_at = due
+    m, h = b.metric(at, ev.stage)
+    m.retried += 1
+    h.retried += 1
+    data = orjson.dumps({"due_at": due.isoformat(), "reason": ev.reason}).decode()
+    msg = f"{ev.stage} retry {ev.attempt} scheduled for {due:%H:%M:%S}"
+    return ev.stage, ev.attempt, "warning", msg, data
+
+
+def _request_waiting(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    until = ts(ev.until) if ev.HasField("until") else None
+    if b.move(d, "waiting", at):
+        d.current_stage = ev.stage
+        d.waiting = (ev.reason, ev.detail, until)
+    data = orjson.dumps(
+        {"reason": ev.reason, "detail": ev.detail, "until": until.isoformat() if until else None}
+    ).decode()
+    return ev.stage or None, None, "warning", f"Waiting: {ev.reason} ({ev.detail})", data
+
+
+def _event_logged(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    b.request(env, at)
+    severity = _SEVERITY.get(ev.severity, "info")
+    data = _json_text(ev.event_data_json)
+    return ev.stage or None, None, severity, ev.message or ev.event_type, data
+
+
+def _request_completed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    if b.move(d, "completed", at):
+        d.video_url = ev.video_url or None
+        d.thumbnail_url = ev.thumbnail_url or None
+        b.count_request(at, 1)
+    data = orjson.dumps({"video_url": ev.video_url, "thumbnail_url": ev.thumbnail_url}).decode()
+    return None, None, "info", "Request completed", data
+
+
+def _request_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    details = _json_text(ev.error_details_json)
+    if b.move(d, "failed", at):
+        d.current_stage = ev.error_stage or d.current_stage
+        d.error = (ev.error_stage, ev.error_message, details)
+        b.count_request(at, 2)
+    data = (
+        f'{{"error_stage":{orjson.dumps(ev.error_stage).decode()},'
+        f'"error_message":{orjson.dumps(ev.error_message).decode()},"error_details":{details}}}'
+    )
+    msg = f"Request failed at {ev.error_stage}: {ev.error_message}"
+    return ev.error_stage or None, None, "error", msg, data
+
+
+def _request_retried(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    b.move(d, "queued", at, reopen=True)
+    d.current_stage = ev.stage
+    d.retries += 1
+    d.attempts[ev.stage] = ev.attempt
+    row = b.stage(env.request_id, ev.stage, ev.attempt, "scheduled")
+    row.due_at = at
+    data = orjson.dumps({"requested_by": ev.requested_by}).decode()
+    msg = f"Retry of {ev.stage} (attempt {ev.attempt}) requested by {ev.requested_by}"
+    return ev.stage, ev.attempt, "warning", msg, data
+
+
+def _breaker_state_changed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    old = b.breakers.get(ev.breaker)
+    opened = at if ev.new_state == "open" else (old.opened_at if old else None)
+    b.breakers[ev.breaker] = BreakerRow(
+        ev.breaker,
+        ev.new_state,
+        ev.fail_counter,
+        ev.success_counter,
+        ev.total_calls,
+        ev.total_failures,
+        opened if ev.new_state != "closed" else None,
+        at,
+    )
+    data = orjson.dumps(
+        {
+            "breaker": ev.breaker,
+            "old_state": ev.old_state,
+            "new_state": ev.new_state,
+            "fail_counter": ev.fail_counter,
+            "total_calls": ev.total_calls,
+            "total_failures": ev.total_failures,
+        }
+    ).decode()
+    severity = "warning" if ev.new_state != "closed" else "info"
+    return None, None, severity, f"Breaker {ev.breaker}: {ev.old_state} -> {ev.new_state}", data
+
+
+_FOLDERS: dict[str, Folder] = {
+    "request_created": _request_created,
+    "request_started": _request_started,
+    "stage_started": _stage_started,
+    "stage_completed": _stage_completed,
+    "stage_failed": _stage_failed,
+    "stage_retry_scheduled": _stage_retry_scheduled,
+    "request_waiting": _request_waiting,
+    "event_logged": _event_logged,
+    "request_completed": _request_completed,
+    "request_failed": _request_failed,
+    "request_retried": _request_retried,
+    "breaker_state_changed": _breaker_state_changed,
+}
+FOLDED_TYPES = frozenset(_FOLDERS)
+
+
+def fold_batch(envelopes: Iterable[Envelope], known: dict[str, Known]) -> Batch:
+    """Fold envelopes (log order, duplicates already removed) into row changes."""
+    batch = Batch(known)
+    events = batch.events
+    for env in envelopes:
+        kind = env.WhichOneof("event")
+        folder = _FOLDERS.get(kind) if kind else None
+        if folder is None:  # an event type from a newer schema: skip, never crash
+            batch.skipped += 1
+            continue
+        at = ts(env.occurred_at)
+        stage, attempt, severity, message, data = folder(batch, env, getattr(env, kind), at)
+        rid = env.request_id or None
+        event_type = kind
+        if kind == "event_logged":
+            event_type = env.event_logged.event_type or kind
+        events.append(
+            EventRow(
+                env.event_id,
+                rid,
+                env.correlation_id,
+                batch.org_of(rid) if rid else None,
+                batch.student_of(rid) if rid else None,
+                event_type,
+                stage,
+                attempt,
+                severity,
+                message,
+                data,
+                env.producer,
+                at,
+            )
+        )
+    for rid, delta in batch.requests.items():  # first seen without RequestCreated
+        if delta.status is None and rid not in known:
+            batch.move(delta, "running", delta.first_seen)
+    return batch
+
+
+def percentiles(buckets: list[int], qs: Iterable[float]) -> list[float | None]:
+    """Quantiles from a duration histogram, interpolated linearly inside a bucket (as
+    Prometheus' histogram_quantile does). None when the histogram is empty."""
+    total = sum(buckets)
+    out: list[float | None] = []
+    for q in qs:
+        if total == 0:
+            out.append(None)
+            continue
+        rank = q * total
+        seen = 0
+        for i, n in enumerate(buckets):
+            if n and seen + n >= rank:
+                lo = DURATION_BOUNDS_MS[i - 1] if i > 0 else 0.0
+                hi = DURATION_BOUNDS_MS[i] if i < len(DURATION_BOUNDS_MS) else lo * 2
+                out.append(lo + (hi - lo) * (rank - seen) / n)
+                break
+            seen += n
+    return out

@@ -1,0 +1,32 @@
+"""projector: consumes tracking.events and folds it into the read model (``vividly_read``).
+
+Wiring only: settings, logging, migrations, then the :class:`Projector` loop until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.projector.runner import Projector
+from vividly.config import TRACKING_TOPIC, Settings
+from vividly.db import migrate
+from vividly.logs import configure_logging
+
+
+async def serve(settings: Settings) -> None:
+    from vividly.bus import ensure_topics
+
+    url = settings.effective_database_url()
+    await migrate(url)
+    await asyncio.to_thread(ensure_topics, settings, {TRACKING_TOPIC: settings.topic_partitions})
+    await Projector(settings, url, batch_max=settings.projector_batch_max).run()
+
+
+def main() -> None:
+    settings = Settings(producer_name="projector")
+    configure_logging("projector", settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

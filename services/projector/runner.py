@@ -1,0 +1,353 @@
+"""The projector's consumer: read ``tracking.events`` in batches, fold each batch into the
+read model in one transaction with its offsets, start from the stored offsets.
+
+Three uses share it:
+
+- the live projector (``python -m services.projector.main``): a consumer group member,
+  its partitions' start positions read from Postgres on assignment, runs until SIGTERM;
+- ``vividly projector rebuild``: every partition from the start into a fresh schema,
+  then swapped in for the live one (:func:`rebuild`);
+- ``vividly events replay``: a time range into an analyst's schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from services.projector.store import LIVE_SCHEMA, ReadModelStore, Record, quote_ident
+from vividly.bus import _take, consumer_config
+from vividly.config import TRACKING_TOPIC, Settings
+
+log = logging.getLogger("vividly.projector")
+
+#: Taken shared by every fold transaction, exclusively by a rebuild's swap.
+SWAP_LOCK = 0x76726D31  # "vrm1"
+
+
+@dataclass
+class ProjectorStats:
+    batches: int = 0
+    consumed: int = 0
+    folded: int = 0
+    duplicates: int = 0
+    undecodable: int = 0
+    last_fold_at: float = 0.0
+    newest_event_at: float = 0.0
+    positions: dict[int, int] = field(default_factory=dict)
+
+
+class Projector:
+    """Folds the tracking topic into one read-model schema."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        *,
+        schema: str = LIVE_SCHEMA,
+        group_id: str | None = "vividly-projector",
+        batch_max: int = 5000,
+        notify: bool = True,
+        topic: str = TRACKING_TOPIC,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.store = ReadModelStore(schema, notify=notify)
+        self.group_id = group_id
+        self.batch_max = batch_max
+        self.topic = topic
+        self.stats = ProjectorStats()
+        self._stop = asyncio.Event()
+        self._conn: Any = None
+        self._consumer: Consumer | None = None
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self.on_batch: Callable[[ProjectorStats], None] | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ set-up
+    async def open(self) -> None:
+        self._aio = asyncio.get_running_loop()
+        self._conn = await asyncpg.connect(self.database_url)
+        await self.store.ensure(self._conn)
+        conf = consumer_config(
+            self.settings, self.group_id or f"vividly-fold-{self.store.schema}", "projector"
+        )
+        conf["fetch.wait.max.ms"] = max(self.settings.fetch_wait_max_ms, 10)
+        self._consumer = Consumer(conf)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await asyncio.to_thread(self._consumer.close)
+            self._consumer = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    def _stored_positions(self) -> dict[int, int]:
+        """Called from the consumer thread (rebalance callback): ask the event loop."""
+        assert self._aio is not None
+        fut = asyncio.run_coroutine_threadsafe(
+            self.store.offsets(self._conn, self.topic), self._aio
+        )
+        return fut.result(30)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self._stored_positions()
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
+            self.stats.positions[tp.partition] = tp.offset
+        log.info(
+            "partitions assigned",
+            extra={"partitions": {tp.partition: tp.offset for tp in partitions}},
+        )
+        consumer.assign(partitions)
+
+    async def subscribe(self) -> None:
+        assert self._consumer is not None
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+
+    async def assign_all(self, start: dict[int, int] | None = None) -> dict[int, int]:
+        """Assign every partition (no group), from ``start``, else the stored offsets,
+        else the beginning. Returns the high watermarks at this moment."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        meta = await asyncio.to_thread(consumer.list_topics, self.topic, 10)
+        parts = sorted(meta.topics[self.topic].partitions)
+        stored = await self.store.offsets(self._conn, self.topic)
+        tps = []
+        for p in parts:
+            off = (start or {}).get(p, stored.get(p, OFFSET_BEGINNING))
+            tps.append(TopicPartition(self.topic, p, off))
+            if off == OFFSET_BEGINNING:
+                off, _ = await asyncio.to_thread(
+                    consumer.get_watermark_offsets, TopicPartition(self.topic, p), 10, False
+                )
+            self.stats.positions[p] = off
+        consumer.assign(tps)
+        return await self.high_watermarks()
+
+    async def high_watermarks(self) -> dict[int, int]:
+        assert self._consumer is not None
+        consumer = self._consumer
+        out = {}
+        for p in list(self.stats.positions):
+            _, high = await asyncio.to_thread(
+                consumer.get_watermark_offsets, TopicPartition(self.topic, p), 10, False
+            )
+            out[p] = high
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    async def step(self, wait_s: float = 0.1, until: datetime | None = None) -> int:
+        """Fold one batch; returns how many messages it consumed."""
+        assert self._consumer is not None
+        msgs = await asyncio.to_thread(_take, self._consumer, self.batch_max, wait_s)
+        records = []
+        cutoff_ms = until.timestamp() * 1000 if until is not None else None
+        positions = self.stats.positions
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            topic, part, off = m.topic() or self.topic, m.partition() or 0, m.offset() or 0
+            positions[part] = max(positions.get(part, 0), off + 1)
+            ts_ms = m.timestamp()[1]
+            if cutoff_ms is not None and ts_ms > cutoff_ms:
+                continue
+            records.append(Record(topic, part, off, m.value() or b""))
+            if ts_ms > 0:
+                self.stats.newest_event_at = max(self.stats.newest_event_at, ts_ms / 1000)
+        if not records:
+            return len(msgs)
+        conn = self._conn
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+            result = await self.store.write(conn, records)
+        s = self.stats
+        s.batches += 1
+        s.consumed += result.consumed
+        s.folded += result.folded
+        s.duplicates += result.duplicates
+        s.undecodable += result.undecodable
+        s.last_fold_at = time.time()
+        if self.group_id:  # for lag dashboards only; Postgres holds the real position
+            offsets = [TopicPartition(self.topic, p, o) for p, o in s.positions.items() if o >= 0]
+            if offsets:
+                try:
+                    self._consumer.commit(offsets=offsets, asynchronous=True)
+                except Exception:  # a rebalance in progress; Postgres is authoritative
+                    log.debug("kafka offset commit skipped", exc_info=True)
+        if self.on_batch is not None:
+            self.on_batch(s)
+        return len(msgs)
+
+    async def run(self) -> ProjectorStats:
+        """The live projector: until stop() (SIGTERM/SIGINT)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        await self.open()
+        try:
+            await self.subscribe()
+            while not self._stop.is_set():
+                await self.step()
+        finally:
+            await self.close()
+        log.info(
+            "projector stopped",
+            extra={"folded": self.stats.folded, "duplicates": self.stats.duplicates},
+        )
+        return self.stats
+
+    async def fold_until(
+        self, targets: dict[int, int], until: datetime | None = None, idle_s: float = 5.0
+    ) -> None:
+        """Fold until every partition's position reaches ``targets``. With ``until``,
+        messages newer than it are left out. Stops after ``idle_s`` with nothing read
+        (a broker whose watermark is a little ahead of what it serves)."""
+        idle_since = time.monotonic()
+        while any(self.stats.positions.get(p, 0) < high for p, high in targets.items()):
+            if self._stop.is_set():
+                return
+            n = await self.step(wait_s=0.2, until=until)
+            if n:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > idle_s:
+                log.warning("stopped short of the high watermark", extra={"targets": targets})
+                return
+
+
+async def rebuild(
+    settings: Settings,
+    database_url: str,
+    *,
+    live: str = LIVE_SCHEMA,
+    topic: str = TRACKING_TOPIC,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Fold the whole log into a fresh schema, then swap it in for ``live`` atomically.
+
+    The live projector keeps running meanwhile. The swap takes the lock every fold
+    transaction shares, folds the last few events, renames the schemas and drops the old
+    one in one transaction; the live projector's next batch lands in the new tables (what
+    it re-reads is dropped as already folded). New timeline rows continue the old
+    sequence, so live streams neither repeat nor miss an event.
+    """
+    fresh = f"{live}_next"
+    old = f"{live}_old"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(fresh)} CASCADE")
+    finally:
+        await conn.close()
+    proj = Projector(settings, database_url, schema=fresh, group_id=None, notify=False, topic=topic)
+    await proj.open()
+    try:
+        targets = await proj.assign_all()
+        total = sum(targets.values())
+        if progress is not None:
+            proj.on_batch = lambda s: progress(s.consumed, total)
+        await proj.fold_until(targets)
+        # Catch up with what arrived meanwhile, then swap under the lock.
+        await proj.fold_until(await proj.high_watermarks())
+        conn = proj._conn
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SWAP_LOCK)
+            await proj.fold_until(await proj.high_watermarks(), idle_s=2.0)
+            s_live, s_fresh, s_old = quote_ident(live), quote_ident(fresh), quote_ident(old)
+            exists = await conn.fetchval(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = $1", live
+            )
+            if exists:
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{s_fresh}.events', 'seq'),"
+                    f" GREATEST((SELECT coalesce(max(seq), 0) FROM {s_live}.events),"
+                    f"          (SELECT coalesce(max(seq), 0) FROM {s_fresh}.events), 1))"
+                )
+                await conn.execute(f"DROP SCHEMA IF EXISTS {s_old} CASCADE")
+                await conn.execute(f"ALTER SCHEMA {s_live} RENAME TO {s_old}")
+            await conn.execute(f"ALTER SCHEMA {s_fresh} RENAME TO {s_live}")
+            if exists:
+                await conn.execute(f"DROP SCHEMA {s_old} CASCADE")
+        return {
+            "schema": live,
+            "events": proj.stats.folded,
+            "consumed": proj.stats.consumed,
+            "duplicates": proj.stats.duplicates,
+            "partitions": dict(proj.stats.positions),
+        }
+    finally:
+        await proj.close()
+
+
+async def replay(
+    settings: Settings,
+    database_url: str,
+    schema: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    topic: str = TRACKING_TOPIC,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Re-read [since, until] of the log into ``schema`` (created fresh) for analysis."""
+    if schema in (LIVE_SCHEMA, "vividly"):
+        raise ValueError(f"replay needs a schema of its own, not {schema!r}")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    finally:
+        await conn.close()
+    proj = Projector(
+        settings, database_url, schema=schema, group_id=None, notify=False, topic=topic
+    )
+    await proj.open()
+    try:
+        start = await start_offsets(proj, since)
+        targets = await proj.assign_all(start)
+        if until is not None:
+            ends = await start_offsets(proj, until)
+            targets = {p: min(targets[p], ends.get(p, targets[p])) for p in targets}
+        total = sum(max(0, targets[p] - proj.stats.positions.get(p, 0)) for p in targets)
+        if progress is not None:
+            proj.on_batch = lambda s: progress(s.consumed, total)
+        await proj.fold_until(targets, until=until)
+        return {"schema": schema, "events": proj.stats.folded, "consumed": proj.stats.consumed}
+    finally:
+        await proj.close()
+
+
+async def start_offsets(proj: Projector, at: datetime | None) -> dict[int, int]:
+    """Per partition, the first offset at or after ``at`` (Kafka's time index); the end of
+    the partition when nothing is that new."""
+    assert proj._consumer is not None
+    consumer = proj._consumer
+    if at is None:
+        return {}
+    meta = await asyncio.to_thread(consumer.list_topics, proj.topic, 10)
+    ms = int(at.timestamp() * 1000)
+    query = [TopicPartition(proj.topic, p, ms) for p in sorted(meta.topics[proj.topic].partitions)]
+    found = await asyncio.to_thread(consumer.offsets_for_times, query, 10)
+    out = {}
+    for tp in found:
+        if tp.offset >= 0:
+            out[tp.partition] = tp.offset
+        else:
+            _, high = await asyncio.to_thread(
+                consumer.get_watermark_offsets, TopicPartition(proj.topic, tp.partition), 10
+            )
+            out[tp.partition] = high
+    return out

@@ -1,0 +1,464 @@
+"""Writes a folded batch to Postgres, in one transaction with the consumed offsets.
+
+Exactly-once fold over at-least-once delivery, without Kafka transactions:
+
+- the offsets of what was folded are stored in the same transaction as the rows, and the
+  projector starts from them (``offsets()``), so a crash between commit and anything else
+  never folds a message twice or skips one;
+- an ``event_id`` already in the timeline is dropped before folding (a duplicate publish,
+  or a rebuild overlapping the live projector), so the same fact never counts twice;
+- after the rows, ``pg_notify`` tells the API the new high-water sequence; Postgres
+  delivers it only on commit, so live views never run ahead of the tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from services.projector.fold import EVENT_COLUMNS, Batch, Known, fold_batch
+from vividly.events import Envelope
+
+log = logging.getLogger("vividly.projector")
+
+LIVE_SCHEMA = "vividly_read"
+NOTIFY_CHANNEL = "vividly_read_events"
+
+
+def quote_ident(name: str) -> str:
+    if not name.replace("_", "").isalnum() or not name[0].isalpha():
+        raise ValueError(f"schema names are letters, digits and _ only: {name!r}")
+    return f'"{name}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message: where it came from and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FoldResult:
+    consumed: int
+    folded: int
+    duplicates: int
+    undecodable: int
+    skipped: int
+    max_seq: int | None
+
+
+class ReadModelStore:
+    """The read model in one schema (live, a rebuild, or an analyst's replay)."""
+
+    def __init__(self, schema: str = LIVE_SCHEMA, notify: bool = True) -> None:
+        self.schema = schema
+        self.notify = notify
+        s = quote_ident(schema)
+        self.s = s
+        self._sql_dupes = f"SELECT event_id::text FROM {s}.events WHERE event_id = ANY($1::uuid[])"
+        self._sql_known = (
+            f"SELECT request_id, status, organization_id, student_id FROM {s}.requests"
+            " WHERE request_id = ANY($1::text[])"
+        )
+        self._sql_insert_requests = f"""
+            INSERT INTO {s}.requests (request_id, correlation_id, student_id, organization_id,
+                topic, learning_objective, grade_level, duration_minutes, metadata,
+                idempotency_key, status, current_stage, waiting_reason, waiting_detail,
+                waiting_until, error_stage, error_message, error_details, outputs, attempts,
+                retry_count, video_url, thumbnail_url, created_at, started_at, completed_at,
+                failed_at, updated_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::text[], $7::text[], $8::int[], $9::jsonb[], $10::text[], $11::text[],
+                $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::text[],
+                $17::text[], $18::jsonb[], $19::jsonb[], $20::jsonb[], $21::int[], $22::text[],
+                $23::text[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[],
+                $27::timestamptz[], $28::timestamptz[])
+            ON CONFLICT (request_id) DO NOTHING"""
+        # Existing rows: spec only when the batch has it; waiting/error/terminal times
+        # follow the status (a status change rewrites them); maps merge; counters add.
+        self._sql_update_requests = f"""
+            UPDATE {s}.requests r SET
+                correlation_id = COALESCE(r.correlation_id, u.correlation_id),
+                student_id = CASE WHEN u.has_spec THEN u.student_id ELSE r.student_id END,
+                organization_id = CASE WHEN u.has_spec THEN u.organization_id
+                                  ELSE r.organization_id END,
+                topic = CASE WHEN u.has_spec THEN u.topic ELSE r.topic END,
+                learning_objective = CASE WHEN u.has_spec THEN u.learning_objective
+                                     ELSE r.learning_objective END,
+                grade_level = CASE WHEN u.has_spec THEN u.grade_level ELSE r.grade_level END,
+                duration_minutes = CASE WHEN u.has_spec THEN u.duration_minutes
+                                   ELSE r.duration_minutes END,
+                metadata = CASE WHEN u.has_spec THEN u.metadata ELSE r.metadata END,
+                idempotency_key = CASE WHEN u.has_spec THEN u.idempotency_key
+                                  ELSE r.idempotency_key END,
+                created_at = CASE WHEN u.has_spec THEN u.created_at ELSE r.created_at END,
+                status = COALESCE(u.status, r.status),
+                current_stage = COALESCE(u.current_stage, r.current_stage),
+                waiting_reason = CASE WHEN u.status IS NULL THEN r.waiting_reason
+                                 ELSE u.waiting_reason END,
+                waiting_detail = CASE WHEN u.status IS NULL THEN r.waiting_detail
+                                 ELSE u.waiting_detail END,
+                waiting_until = CASE WHEN u.status IS NULL THEN r.waiting_until
+                                ELSE u.waiting_until END,
+                error_stage = CASE WHEN u.status IS NULL THEN r.error_stage ELSE u.error_stage END,
+                error_message = CASE WHEN u.status IS NULL THEN r.error_message
+                                ELSE u.error_message END,
+                error_details = CASE WHEN u.status IS NULL THEN r.error_details
+                                ELSE u.error_details END,
+                completed_at = CASE WHEN u.status IS NULL THEN r.completed_at
+                               ELSE u.completed_at END,
+                failed_at = CASE WHEN u.status IS NULL THEN r.failed_at ELSE u.failed_at END,
+                outputs = r.outputs || u.outputs,
+                attempts = r.attempts || u.attempts,
+                retry_count = r.retry_count + u.retries,
+                video_url = COALESCE(u.video_url, r.video_url),
+                thumbnail_url = COALESCE(u.thumbnail_url, r.thumbnail_url),
+                started_at = COALESCE(r.started_at, u.started_at),
+                updated_at = GREATEST(r.updated_at, u.updated_at)
+            FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::int[], $10::jsonb[], $11::text[], $12::timestamptz[],
+                $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
+                $18::text[], $19::text[], $20::jsonb[], $21::timestamptz[], $22::timestamptz[],
+                $23::jsonb[], $24::jsonb[], $25::int[], $26::text[], $27::text[],
+                $28::timestamptz[], $29::timestamptz[])
+              AS u(request_id, correlation_id, has_spec, student_id, organization_id, topic,
+                   learning_objective, grade_level, duration_minutes, metadata,
+                   idempotency_key, created_at, status, current_stage, waiting_reason,
+                   waiting_detail, waiting_until, error_stage, error_message, error_details,
+                   completed_at, failed_at, outputs, attempts, retries, video_url,
+                   thumbnail_url, started_at, updated_at)
+            WHERE r.request_id = u.request_id"""
+        self._sql_stages = f"""
+            INSERT INTO {s}.request_stages AS t (request_id, stage, attempt, status, started_at,
+                ended_at, duration_ms, output, error_message, error_details, is_retryable,
+                due_at, input_item)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[],
+                $5::timestamptz[], $6::timestamptz[], $7::float8[], $8::jsonb[], $9::text[],
+                $10::jsonb[], $11::bool[], $12::timestamptz[], $13::bytea[])
+            ON CONFLICT (request_id, stage, attempt) DO UPDATE SET
+                status = EXCLUDED.status,
+                started_at = COALESCE(EXCLUDED.started_at, t.started_at),
+                ended_at = COALESCE(EXCLUDED.ended_at, t.ended_at),
+                duration_ms = COALESCE(EXCLUDED.duration_ms, t.duration_ms),
+                output = COALESCE(EXCLUDED.output, t.output),
+                error_message = COALESCE(EXCLUDED.error_message, t.error_message),
+                error_details = COALESCE(EXCLUDED.error_details, t.error_details),
+                is_retryable = COALESCE(EXCLUDED.is_retryable, t.is_retryable),
+                due_at = COALESCE(EXCLUDED.due_at, t.due_at),
+                input_item = COALESCE(EXCLUDED.input_item, t.input_item)"""
+        metric_upsert = """
+            INSERT INTO {table} AS m (bucket, stage, started, completed, failed, retried,
+                duration_sum_ms, duration_max_ms, duration_buckets)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::bigint[])
+            ON CONFLICT (bucket, stage) DO UPDATE SET
+                started = m.started + EXCLUDED.started,
+                completed = m.completed + EXCLUDED.completed,
+                failed = m.failed + EXCLUDED.failed,
+                retried = m.retried + EXCLUDED.retried,
+                duration_sum_ms = m.duration_sum_ms + EXCLUDED.duration_sum_ms,
+                duration_max_ms = GREATEST(m.duration_max_ms, EXCLUDED.duration_max_ms),
+                duration_buckets = (SELECT array_agg(a + b ORDER BY i)
+                    FROM unnest(m.duration_buckets, EXCLUDED.duration_buckets)
+                    WITH ORDINALITY AS x(a, b, i))"""
+        self._sql_minutes = metric_upsert.format(table=f"{s}.stage_metrics_minute")
+        self._sql_hours = metric_upsert.format(table=f"{s}.stage_metrics_hour")
+        self._sql_request_hours = f"""
+            INSERT INTO {s}.request_metrics_hour AS m (bucket, created, completed, failed)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (bucket) DO UPDATE SET created = m.created + EXCLUDED.created,
+                completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed"""
+        self._sql_counts = f"""
+            INSERT INTO {s}.status_counts AS c (organization_id, status, n) VALUES ($1, $2, $3)
+            ON CONFLICT (organization_id, status) DO UPDATE SET n = c.n + EXCLUDED.n"""
+        self._sql_breakers = f"""
+            INSERT INTO {s}.breakers AS b (name, state, fail_counter, success_counter,
+                total_calls, total_failures, opened_at, changed_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state,
+                fail_counter = EXCLUDED.fail_counter, success_counter = EXCLUDED.success_counter,
+                total_calls = EXCLUDED.total_calls, total_failures = EXCLUDED.total_failures,
+                opened_at = CASE WHEN EXCLUDED.state = 'closed' THEN NULL
+                            ELSE COALESCE(EXCLUDED.opened_at, b.opened_at) END,
+                changed_at = EXCLUDED.changed_at
+            WHERE b.changed_at <= EXCLUDED.changed_at"""
+        self._sql_offsets = f"""
+            INSERT INTO {s}.projector_offsets AS o (topic, partition, next_offset, updated_at)
+            VALUES ($1, $2, $3, now())
+            ON CONFLICT (topic, partition) DO UPDATE SET
+                next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"""
+
+    # ------------------------------------------------------------------ reading state
+    async def offsets(self, conn: Any, topic: str) -> dict[int, int]:
+        rows = await conn.fetch(
+            f"SELECT partition, next_offset FROM {self.s}.projector_offsets WHERE topic = $1",
+            topic,
+        )
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    async def ensure(self, conn: Any) -> None:
+        """Create this schema's tables (they exist already for the live schema after
+        ``vividly db migrate``)."""
+        await conn.execute("SELECT vividly.create_read_model($1)", self.schema)
+
+    # ------------------------------------------------------------------ the write
+    async def write(self, conn: Any, records: Sequence[Record]) -> FoldResult:
+        """Decode, fold and store ``records`` (one partition's messages in order; batches
+        may mix partitions) in one transaction with their offsets."""
+        envelopes: list[Envelope] = []
+        undecodable = 0
+        next_offsets: dict[tuple[str, int], int] = {}
+        for rec in records:
+            key = (rec.topic, rec.partition)
+            if rec.offset + 1 > next_offsets.get(key, -1):
+                next_offsets[key] = rec.offset + 1
+            env = Envelope()
+            try:
+                env.ParseFromString(rec.value)
+            except DecodeError:
+                undecodable += 1
+                log.warning(
+                    "undecodable tracking event skipped",
+                    extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+                )
+                continue
+            if env.event_id:
+                envelopes.append(env)
+            else:
+                undecodable += 1
+        if conn.is_in_transaction():
+            return await self._write(conn, envelopes, next_offsets, len(records), undecodable)
+        async with conn.transaction():
+            return await self._write(conn, envelopes, next_offsets, len(records), undecodable)
+
+    async def _write(
+        self,
+        conn: Any,
+        envelopes: list[Envelope],
+        next_offsets: dict[tuple[str, int], int],
+        consumed: int,
+        undecodable: int,
+    ) -> FoldResult:
+        fresh, duplicates = await self._drop_seen(conn, envelopes)
+        rids = list({e.request_id for e in fresh if e.request_id})
+        known: dict[str, Known] = {}
+        if rids:
+            for row in await conn.fetch(self._sql_known, rids):
+                known[row["request_id"]] = Known(
+                    row["status"], row["organization_id"], row["student_id"]
+                )
+        batch = fold_batch(fresh, known)
+        await self._store(conn, batch)
+        if next_offsets:
+            await conn.executemany(
+                self._sql_offsets, [(t, p, o) for (t, p), o in next_offsets.items()]
+            )
+        max_seq = None
+        if batch.events:
+            max_seq = await conn.fetchval(f"SELECT max(seq) FROM {self.s}.events")
+            if self.notify:
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_seq))
+        return FoldResult(
+            consumed=consumed,
+            folded=len(batch.events),
+            duplicates=duplicates,
+            undecodable=undecodable,
+            skipped=batch.skipped,
+            max_seq=max_seq,
+        )
+
+    async def _drop_seen(self, conn: Any, envelopes: list[Envelope]) -> tuple[list[Envelope], int]:
+        if not envelopes:
+            return [], 0
+        ids = [e.event_id for e in envelopes]
+        seen = {r[0] for r in await conn.fetch(self._sql_dupes, ids)}
+        fresh: list[Envelope] = []
+        in_batch: set[str] = set()
+        for env in envelopes:
+            if env.event_id in seen or env.event_id in in_batch:
+                continue
+            in_batch.add(env.event_id)
+            fresh.append(env)
+        return fresh, len(envelopes) - len(fresh)
+
+    async def _store(self, conn: Any, b: Batch) -> None:
+        new = [d for rid, d in b.requests.items() if rid not in b.known]
+        old = [d for rid, d in b.requests.items() if rid in b.known]
+        if new:
+            await conn.execute(self._sql_insert_requests, *_columns(_insert_row(d) for d in new))
+        if old:
+            await conn.execute(self._sql_update_requests, *_columns(_update_row(d) for d in old))
+        if b.stages:
+            rows = [
+                (
+                    rid,
+                    stage,
+                    attempt,
+                    d.status,
+                    d.started_at,
+                    d.ended_at,
+                    d.duration_ms,
+                    d.output,
+                    d.error_message,
+                    d.error_details,
+                    d.is_retryable,
+                    d.due_at,
+                    d.input_item,
+                )
+                for (rid, stage, attempt), d in b.stages.items()
+            ]
+            await conn.execute(self._sql_stages, *_columns(rows))
+        for sql, metrics in (
+            (self._sql_minutes, b.stage_minutes),
+            (self._sql_hours, b.stage_hours),
+        ):
+            if metrics:
+                await conn.executemany(
+                    sql,
+                    [
+                        (
+                            bucket,
+                            stage,
+                            m.started,
+                            m.completed,
+                            m.failed,
+                            m.retried,
+                            m.duration_sum_ms,
+                            m.duration_max_ms,
+                            m.buckets,
+                        )
+                        for (bucket, stage), m in metrics.items()
+                    ],
+                )
+        if b.request_hours:
+            await conn.executemany(
+                self._sql_request_hours, [(h, *v) for h, v in b.request_hours.items()]
+            )
+        counts = [(org, st, n) for (org, st), n in b.status_counts.items() if n]
+        if counts:
+            await conn.executemany(self._sql_counts, counts)
+        if b.breakers:
+            await conn.executemany(
+                self._sql_breakers,
+                [
+                    (
+                        r.name,
+                        r.state,
+                        r.fail_counter,
+                        r.success_counter,
+                        r.total_calls,
+                        r.total_failures,
+                        r.opened_at,
+                        r.changed_at,
+                    )
+                    for r in b.breakers.values()
+                ],
+            )
+        if b.events:
+            await conn.copy_records_to_table(
+                "events",
+                schema_name=self.schema,
+                columns=EVENT_COLUMNS,
+                records=[e.record() for e in b.events],
+            )
+
+
+def _columns(rows: Any) -> list[list[Any]]:
+    """Rows → one list per column (for unnest)."""
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+def _json_map(values: dict[str, Any]) -> str:
+    import orjson
+
+    if not values:
+        return "{}"
+    parts = []
+    for k, v in values.items():
+        value = v if isinstance(v, str) else orjson.dumps(v).decode()
+        parts.append(f"{orjson.dumps(k).decode()}:{value}")
+    return "{" + ",".join(parts) + "}"
+
+
+def _spec(d: Any) -> tuple[Any, ...]:
+    return d.spec if d.spec is not None else (None,) * 8
+
+
+def _insert_row(d: Any) -> tuple[Any, ...]:
+    st, org, topic, obj, grade, minutes, meta, key = _spec(d)
+    reason, detail, until = d.waiting
+    estage, emsg, edetails = d.error
+    return (
+        d.request_id,
+        d.correlation_id,
+        st,
+        org,
+        topic,
+        obj,
+        grade,
+        minutes,
+        meta,
+        key,
+        d.status or "running",
+        d.current_stage,
+        reason,
+        detail,
+        until,
+        estage,
+        emsg,
+        edetails,
+        _json_map(d.outputs),
+        _json_map(d.attempts),
+        d.retries,
+        d.video_url,
+        d.thumbnail_url,
+        d.first_seen,
+        d.started_at,
+        d.completed_at,
+        d.failed_at,
+        d.updated_at,
+    )
+
+
+def _update_row(d: Any) -> tuple[Any, ...]:
+    st, org, topic, obj, grade, minutes, meta, key = _spec(d)
+    reason, detail, until = d.waiting
+    estage, emsg, edetails = d.error
+    return (
+        d.request_id,
+        d.correlation_id,
+        d.spec is not None,
+        st,
+        org,
+        topic,
+        obj,
+        grade,
+        minutes,
+        meta,
+        key,
+        d.first_seen,
+        d.status,
+        d.current_stage,
+        reason,
+        detail,
+        until,
+        estage,
+        emsg,
+        edetails,
+        d.completed_at,
+        d.failed_at,
+        _json_map(d.outputs),
+        _json_map(d.attempts),
+        d.retries,
+        d.video_url,
+        d.thumbnail_url,
+        d.started_at,
+        d.updated_at,
+    )

@@ -1,0 +1,369 @@
+"""The projector folds real tracking events from a real broker into real Postgres tables:
+exactly once across redelivery and restarts, with offsets in the same transaction, a
+NOTIFY after commit, and a rebuild that equals the live read model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+from confluent_kafka import Producer
+
+from services.projector.runner import Projector, rebuild, replay
+from services.projector.store import NOTIFY_CHANNEL
+from tests.conftest import Broker
+from tests.integration.kafka_util import make_topics
+from tests.integration.test_tracker_events import FULL_RUN, run_one_request
+from vividly.config import Settings
+from vividly.db import migrate
+from vividly.events import WorkItem
+from vividly.publish import KafkaPublisher
+from vividly.tracker import RequestTracker
+
+pytestmark = pytest.mark.integration
+
+TABLES = {
+    "requests": "request_id",
+    "request_stages": "request_id, stage, attempt",
+    "stage_metrics_minute": "bucket, stage",
+    "stage_metrics_hour": "bucket, stage",
+    "request_metrics_hour": "bucket",
+    "status_counts": "organization_id, status",
+    "breakers": "name",
+}
+
+
+def publish_mix(settings: Settings, topic: str, n: int, first: int = 0) -> list[str]:
+    """n full request runs (24 events each), one request failing validation, one breaker
+    opening and closing."""
+    pub = KafkaPublisher(settings, "itest")
+    tracker = RequestTracker(pub, producer="itest", topic=topic)
+    rids = [run_one_request(tracker, first + i) for i in range(n)]
+    rid, _ = tracker.create_request("stu-x", "ab", "obj", "10", 5, organization_id="org-2")
+    tracker.start_request(rid)
+    tracker.start_stage(rid, "validation")
+    tracker.fail_stage(
+        rid,
+        "validation",
+        "topic: at least 3 characters",
+        {"field": "topic"},
+        is_retryable=False,
+        work_item=WorkItem(request_id=rid, stage="validation", attempt=1),
+    )
+    tracker.fail_request(rid, "topic: at least 3 characters", "validation", {"field": "topic"})
+    counters = {"fail_counter": 5, "total_calls": 9, "total_failures": 5}
+    tracker.breaker_state_changed("nano_banana", "closed", "open", **counters)
+    tracker.breaker_state_changed("nano_banana", "open", "half-open", **counters)
+    assert tracker.flush(30).ok
+    pub.close(10)
+    return [*rids, rid]
+
+
+def events_in(n: int) -> int:
+    return n * len(FULL_RUN) + 5 + 2
+
+
+async def fold_until(proj: Projector, folded: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while proj.stats.folded + proj.stats.duplicates < folded:
+        assert time.monotonic() < deadline, f"folded {proj.stats.folded} of {folded}"
+        await proj.step(0.2)
+
+
+async def snapshot(conn: Any, schema: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for table, order in TABLES.items():
+        rows = await conn.fetch(f"SELECT * FROM {schema}.{table} ORDER BY {order}")
+        out[table] = [dict(r) for r in rows]
+    rows = await conn.fetch(
+        f"SELECT * FROM {schema}.events ORDER BY request_id NULLS FIRST, occurred_at, event_id"
+    )
+    out["events"] = [
+        {k: v for k, v in dict(r).items() if k not in ("seq", "folded_at")} for r in rows
+    ]
+    return out
+
+
+@pytest.fixture
+def setup(broker: Broker, postgres: str, unique: str) -> tuple[Settings, str, str]:
+    settings = broker.settings()
+    topic = f"tracking-{unique}"
+    make_topics(settings, topic, partitions=3)
+    asyncio.run(migrate(postgres))
+    return settings, topic, f"rm_{unique}"
+
+
+def test_fold_builds_requests_stages_timeline_metrics_and_breakers(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    settings, topic, schema = setup
+    rids = publish_mix(settings, topic, 10)
+
+    async def go() -> None:
+        proj = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+        await proj.open()
+        try:
+            await proj.assign_all()
+            await fold_until(proj, events_in(10))
+        finally:
+            await proj.close()
+        conn = await asyncpg.connect(postgres)
+        try:
+            done = await conn.fetch(
+                f"SELECT * FROM {schema}.requests WHERE request_id = ANY($1)", rids[:10]
+            )
+            assert len(done) == 10
+            for r in done:
+                assert r["status"] == "completed"
+                assert r["retry_count"] == 1
+                assert r["organization_id"] == "org-1"
+                assert r["video_url"] == "https://cdn/v.mp4"
+                assert r["error_stage"] is None
+                assert r["waiting_reason"] is None
+                assert r["current_stage"] == "notification"
+            stages = await conn.fetch(
+                f"SELECT stage, attempt, status, duration_ms, input_item IS NOT NULL AS kept"
+                f" FROM {schema}.request_stages WHERE request_id = $1 ORDER BY stage, attempt",
+                rids[0],
+            )
+            got = {(s["stage"], s["attempt"]): s["status"] for s in stages}
+            assert got == {
+                ("notification", 1): "completed",
+                ("rag_retrieval", 1): "completed",
+                ("script_generation", 1): "failed",
+                ("script_generation", 2): "completed",
+                ("validation", 1): "completed",
+                ("video_generation", 1): "failed",
+                ("video_generation", 2): "completed",
+                ("video_processing", 1): "completed",
+            }
+            assert [s["kept"] for s in stages if s["status"] == "failed"] == [False, True]
+            failed = await conn.fetchrow(
+                f"SELECT * FROM {schema}.requests WHERE request_id=$1", rids[-1]
+            )
+            assert failed["status"] == "failed"
+            assert failed["error_stage"] == "validation"
+            assert "topic" in failed["error_message"]
+            counts = dict(
+                await conn.fetch(
+                    f"SELECT organization_id || ':' || status, n"
+                    f" FROM {schema}.status_counts WHERE n <> 0"
+                )
+            )
+            assert counts == {"org-1:completed": 10, "org-2:failed": 1}
+            n_events = await conn.fetchval(f"SELECT count(*) FROM {schema}.events")
+            assert n_events == events_in(10)
+            timeline = await conn.fetch(
+                f"SELECT event_type, organization_id FROM {schema}.events"
+                " WHERE request_id=$1 ORDER BY seq",
+                rids[0],
+            )
+            kinds = [t["event_type"] for t in timeline]
+            assert (kinds[0], kinds[-1]) == ("request_created", "request_completed")
+            assert len(kinds) == len(FULL_RUN)
+            assert {t["organization_id"] for t in timeline} == {"org-1"}
+            m = await conn.fetch(
+                f"SELECT stage, sum(started) s, sum(completed) c, sum(failed) f, sum(retried) r"
+                f" FROM {schema}.stage_metrics_hour GROUP BY stage"
+            )
+            by_stage = {r["stage"]: (r["s"], r["c"], r["f"], r["r"]) for r in m}
+            assert by_stage["script_generation"] == (20, 10, 10, 10)
+            assert by_stage["validation"] == (11, 10, 1, 0)
+            b = await conn.fetchrow(f"SELECT * FROM {schema}.breakers WHERE name='nano_banana'")
+            assert b["state"] == "half-open"
+            assert b["opened_at"] is not None
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_redelivered_events_fold_once(setup: tuple[Settings, str, str], postgres: str) -> None:
+    """Lose the stored offsets (as if delivery restarted from the beginning): every
+    event arrives again and none is folded twice."""
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 5)
+
+    async def go() -> None:
+        for round_ in range(2):
+            proj = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+            await proj.open()
+            try:
+                if round_ == 1:
+                    await proj._conn.execute(f"DELETE FROM {schema}.projector_offsets")
+                await proj.assign_all()
+                await fold_until(proj, events_in(5))
+                if round_ == 0:
+                    assert (proj.stats.folded, proj.stats.duplicates) == (events_in(5), 0)
+                    before = await snapshot(proj._conn, schema)
+                else:
+                    assert (proj.stats.folded, proj.stats.duplicates) == (0, events_in(5))
+                    assert await snapshot(proj._conn, schema) == before
+            finally:
+                await proj.close()
+
+    asyncio.run(go())
+
+
+def test_group_member_restarts_from_offsets_stored_with_the_fold(
+    setup: tuple[Settings, str, str], postgres: str, unique: str
+) -> None:
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 3)
+    # A message that is not an Envelope is skipped and counted, not fatal.
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    p.produce(topic, b"\xff\x00 not protobuf", key=b"junk")
+    p.flush(10)
+
+    async def run_group(expect: int) -> Projector:
+        proj = Projector(settings, postgres, schema=schema, group_id=f"proj-{unique}", topic=topic)
+        await proj.open()
+        try:
+            await proj.subscribe()
+            await fold_until(proj, expect, timeout=90)
+        finally:
+            await proj.close()
+        return proj
+
+    async def go() -> None:
+        first = await run_group(events_in(3))
+        assert first.stats.undecodable == 1
+        publish_mix(settings, topic, 2, first=100)
+        second = await run_group(events_in(2))
+        assert second.stats.duplicates == 0
+        assert second.stats.folded == events_in(2)
+        assert second.stats.undecodable == 0
+        conn = await asyncpg.connect(postgres)
+        try:
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.events") == events_in(
+                3
+            ) + events_in(2)
+            stored = await conn.fetch(
+                f"SELECT partition, next_offset FROM {schema}.projector_offsets"
+            )
+            assert sum(r["next_offset"] for r in stored) == events_in(3) + events_in(2) + 1
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_notification_arrives_after_the_rows_are_committed(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 2)
+
+    async def go() -> None:
+        listener = await asyncpg.connect(postgres)
+        seen: list[tuple[str, int]] = []
+        got = asyncio.Event()
+
+        async def on_notify(conn: Any, pid: int, channel: str, payload: str) -> None:
+            # Runs on another connection: what the payload names must be visible already.
+            n = await listener_reader.fetchval(
+                f"SELECT count(*) FROM {schema}.events WHERE seq <= $1", int(payload)
+            )
+            seen.append((payload, n))
+            got.set()
+
+        listener_reader = await asyncpg.connect(postgres)
+        await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+        proj = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+        await proj.open()
+        try:
+            await proj.assign_all()
+            await fold_until(proj, events_in(2))
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            await proj.close()
+            await listener.close()
+            await listener_reader.close()
+        assert seen
+        for payload, visible in seen:
+            assert visible == int(payload) > 0
+
+    asyncio.run(go())
+
+
+def test_rebuild_while_live_equals_the_live_tables(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 8)
+
+    async def go() -> None:
+        live = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+        await live.open()
+        await live.assign_all()
+        await fold_until(live, events_in(8))
+
+        async def keep_folding() -> None:
+            while not stop.is_set():
+                await live.step(0.1)
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(keep_folding())
+        # More events arrive while the rebuild runs; both must end up folded.
+        more = asyncio.create_task(asyncio.to_thread(publish_mix, settings, topic, 3, 500))
+        conn = await asyncpg.connect(postgres)
+        try:
+            before_max = await conn.fetchval(f"SELECT max(seq) FROM {schema}.events")
+            info = await rebuild(settings, postgres, live=schema, topic=topic)
+            await more
+            stop.set()
+            await task
+            await fold_until(live, events_in(8) + events_in(3))
+            rebuilt = await snapshot(conn, schema)
+            assert info["events"] >= events_in(8)
+            assert len(rebuilt["events"]) == events_in(8) + events_in(3)
+            # New rows continue the old sequence: no id handed out twice to a stream.
+            newest = await conn.fetchval(f"SELECT max(seq) FROM {schema}.events")
+            assert newest >= before_max
+            # A from-scratch fold of the same log is the same read model.
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema}_check CASCADE")
+            fresh = Projector(
+                settings, postgres, schema=f"{schema}_check", group_id=None, topic=topic
+            )
+            await fresh.open()
+            try:
+                await fresh.assign_all()
+                await fold_until(fresh, events_in(8) + events_in(3))
+            finally:
+                await fresh.close()
+            assert await snapshot(conn, f"{schema}_check") == rebuilt
+        finally:
+            await live.close()
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_replay_reads_a_time_range_into_its_own_schema(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 2)
+    time.sleep(1.2)
+    from datetime import UTC, datetime
+
+    since = datetime.now(UTC)
+    time.sleep(0.2)
+    later = publish_mix(settings, topic, 3, first=900)
+
+    async def go() -> None:
+        info = await replay(settings, postgres, f"{schema}_replay", since=since, topic=topic)
+        assert info["events"] == events_in(3)
+        conn = await asyncpg.connect(postgres)
+        try:
+            ids = {
+                r[0] for r in await conn.fetch(f"SELECT request_id FROM {schema}_replay.requests")
+            }
+            assert ids == set(later)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())

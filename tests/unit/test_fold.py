@@ -1,0 +1,73 @@
+"""The fold's rules, on envelopes built by the real tracker into a fake publisher."""
+
+from __future__ import annotations
+
+from services.projector.fold import DURATION_BOUNDS_MS, Known, fold_batch, percentiles
+from vividly.events import Envelope, decode_envelope
+from vividly.testing import FakePublisher
+from vividly.tracker import RequestTracker
+
+
+def tracked() -> tuple[RequestTracker, FakePublisher]:
+    pub = FakePublisher()
+    return RequestTracker(pub, producer="unit"), pub
+
+
+def envelopes(pub: FakePublisher) -> list[Envelope]:
+    return [decode_envelope(m.value) for m in pub.messages]
+
+
+def test_a_failed_request_is_not_reopened_by_later_stage_events() -> None:
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    tracker.start_stage(rid, "validation")
+    tracker.fail_request(rid, "boom", "validation")
+    tracker.start_stage(rid, "notification")  # the error email's own bookkeeping
+    batch = fold_batch(envelopes(pub), {})
+    delta = batch.requests[rid]
+    assert delta.status == "failed"
+    assert delta.error[:2] == ("validation", "boom")
+    assert batch.status_counts == {("o1", "queued"): 0, ("o1", "running"): 0, ("o1", "failed"): 1}
+
+
+def test_a_retry_reopens_a_failed_request_and_clears_its_error() -> None:
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    tracker.request_retried(rid, "script_generation", "admin-1", 2)
+    batch = fold_batch(envelopes(pub)[1:], {rid: Known("failed", "o1", "s1")})
+    delta = batch.requests[rid]
+    assert delta.status == "queued"
+    assert delta.error == (None, None, None)
+    assert delta.retries == 1
+    assert batch.status_counts == {("o1", "failed"): -1, ("o1", "queued"): 1}
+    assert batch.stages[(rid, "script_generation", 2)].status == "scheduled"
+
+
+def test_waiting_shows_the_reason_until_the_stage_runs_again() -> None:
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    tracker.mark_waiting(rid, "video_generation", "circuit_open", "nano_banana open", 1.9e9)
+    mid = fold_batch(envelopes(pub), {})
+    assert mid.requests[rid].status == "waiting"
+    assert mid.requests[rid].waiting[0] == "circuit_open"
+    tracker.start_stage(rid, "video_generation", attempt=1)
+    after = fold_batch(envelopes(pub), {})
+    assert after.requests[rid].status == "running"
+    assert after.requests[rid].waiting == (None, None, None)
+
+
+def test_unknown_event_types_are_skipped_not_fatal() -> None:
+    env = Envelope(event_id="0190", request_id="r1")  # no event set: a newer schema's type
+    batch = fold_batch([env], {})
+    assert batch.skipped == 1
+    assert batch.events == []
+
+
+def test_percentiles_interpolate_within_histogram_buckets() -> None:
+    buckets = [0] * (len(DURATION_BOUNDS_MS) + 1)
+    buckets[DURATION_BOUNDS_MS.index(100)] = 10  # ten durations in (50, 100]
+    p50, p95 = percentiles(buckets, (0.5, 0.95))
+    assert p50 == 75.0
+    assert p95 is not None
+    assert 95 <= p95 <= 100
+    assert percentiles([0] * len(buckets), (0.5,)) == [None]
