@@ -106,13 +106,14 @@ BEGIN
     );
     CREATE TABLE IF NOT EXISTS %1$I.stage_metrics_hour (LIKE %1$I.stage_metrics_minute INCLUDING ALL);
 
-    -- Requests created/completed/failed per hour.
-    CREATE TABLE IF NOT EXISTS %1$I.request_metrics_hour (
+    -- Requests created/completed/failed per minute and per hour.
+    CREATE TABLE IF NOT EXISTS %1$I.request_metrics_minute (
       bucket     timestamptz PRIMARY KEY,
       created    bigint NOT NULL DEFAULT 0,
       completed  bigint NOT NULL DEFAULT 0,
       failed     bigint NOT NULL DEFAULT 0
     );
+    CREATE TABLE IF NOT EXISTS %1$I.request_metrics_hour (LIKE %1$I.request_metrics_minute INCLUDING ALL);
 
     -- How many requests are in each status, per organization (kept by the fold, so the
     -- dashboard never counts a million rows).
@@ -147,3 +148,14 @@ END
 $fn$;
 
 SELECT vividly.create_read_model('vividly_read');
+
+-- Retries asked for through the API: one per (request, stage, attempt), so two clicks
+-- before the read model has caught up never launch the same attempt twice.
+CREATE TABLE IF NOT EXISTS vividly.retry_log (
+    request_id    text NOT NULL,
+    stage         text NOT NULL,
+    attempt       integer NOT NULL,
+    requested_by  text NOT NULL,
+    requested_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (request_id, stage, attempt)
+);

@@ -34,6 +34,16 @@ STAGE_TOPICS: tuple[str, ...] = (
 )
 SUBMITTED, VALIDATED, RETRIEVED, SCRIPTED, RENDERED = STAGE_TOPICS
 
+#: The topic each stage's work items arrive on (a retry republishes there).
+STAGE_INPUT_TOPICS: dict[str, str] = {
+    "validation": SUBMITTED,
+    "rag_retrieval": VALIDATED,
+    "script_generation": RETRIEVED,
+    "video_generation": SCRIPTED,
+    "video_processing": SCRIPTED,
+    "notification": RENDERED,
+}
+
 
 class Settings(BaseSettings):
     """Configuration shared by the SDK, the services and the CLI."""
@@ -147,6 +157,9 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(default=8 * 3600, ge=60, description="Lifetime of minted tokens.")
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="SSE keep-alive interval.")
     api_db_pool_size: int = Field(default=10, ge=1)
+    max_manual_retries: int = Field(
+        default=3, ge=0, description="Retries a person may ask for per request."
+    )
 
     # --- logging -----------------------------------------------------------------------
     log_level: str = Field(default="INFO")

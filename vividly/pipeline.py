@@ -19,6 +19,13 @@ from typing import Any
 from vividly.stack import ROOT, Managed, StackError, _spawn, free_port, stop_pid, wait_for_port
 
 SERVICES: tuple[str, ...] = ("ingest", "rag", "script", "video", "notify")
+#: The read side: the projector (folds tracking.events) and the monitoring API.
+READ_SIDE: tuple[str, ...] = ("projector", "api")
+_MODULES = {
+    **{name: f"services.{name}.main" for name in SERVICES},
+    "projector": "services.projector.main",
+    "api": "services.projector.api.main",
+}
 
 
 @dataclass
@@ -27,10 +34,11 @@ class PipelinePorts:
     video: int
     s3: int
     smtp: int
+    api: int = 0
 
     @classmethod
     def free(cls) -> PipelinePorts:
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 
 @dataclass
@@ -70,6 +78,7 @@ class Pipeline:
                 "VIVIDLY_S3_ENDPOINT_URL": self.s3_url,
                 "VIVIDLY_SMTP_HOST": "127.0.0.1",
                 "VIVIDLY_SMTP_PORT": str(self.ports.smtp),
+                "VIVIDLY_API_PORT": str(self.ports.api),
                 "VIVIDLY_HOME": str(self.home),
                 "AWS_ACCESS_KEY_ID": "local",
                 "AWS_SECRET_ACCESS_KEY": "local",
@@ -129,14 +138,20 @@ class Pipeline:
         )
 
     def start_service(self, name: str, wait: bool = True, timeout: float = 90.0) -> Managed:
-        if name not in SERVICES:
+        if name not in _MODULES:
             raise ValueError(f"unknown service {name!r}")
+        if name == "api":
+            return self._python(name, ["-m", _MODULES[name]], self.ports.api if wait else None)
         log = self.home / "logs" / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
-        managed = self._python(name, ["-m", f"services.{name}.main"], None)
+        managed = self._python(name, ["-m", _MODULES[name]], None)
         if wait:
             wait_for_log(log, offset, "partitions assigned", managed, timeout)
         return managed
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
 
     def start_services(self, names: tuple[str, ...] = SERVICES) -> None:
         for name in names:
@@ -157,7 +172,7 @@ class Pipeline:
             m.proc.wait(5)
 
     def stop(self) -> None:
-        for name in [*SERVICES, *list(self.procs)]:
+        for name in [*READ_SIDE, *SERVICES, *list(self.procs)]:
             if name in self.procs:
                 self.stop_service(name)
 

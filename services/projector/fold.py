@@ -222,7 +222,8 @@ class Batch:
     stages: dict[tuple[str, str, int], StageDelta] = field(default_factory=dict)
     stage_minutes: dict[tuple[datetime, str], MetricDelta] = field(default_factory=dict)
     stage_hours: dict[tuple[datetime, str], MetricDelta] = field(default_factory=dict)
-    request_hours: dict[datetime, list[int]] = field(default_factory=dict)  # created/done/failed
+    request_minutes: dict[datetime, list[int]] = field(default_factory=dict)  # created/done/failed
+    request_hours: dict[datetime, list[int]] = field(default_factory=dict)
     status_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (org, status)
     breakers: dict[str, BreakerRow] = field(default_factory=dict)
     skipped: int = 0
@@ -294,10 +295,11 @@ class Batch:
         return m, h
 
     def count_request(self, at: datetime, column: int) -> None:
-        row = self.request_hours.get(_hour(at))
-        if row is None:
-            row = self.request_hours[_hour(at)] = [0, 0, 0]
-        row[column] += 1
+        for table, bucket in ((self.request_minutes, _minute(at)), (self.request_hours, _hour(at))):
+            row = table.get(bucket)
+            if row is None:
+                row = table[bucket] = [0, 0, 0]
+            row[column] += 1
 
 
 # ---------------------------------------------------------------------- one per event

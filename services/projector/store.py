@@ -27,6 +27,7 @@ log = logging.getLogger("vividly.projector")
 
 LIVE_SCHEMA = "vividly_read"
 NOTIFY_CHANNEL = "vividly_read_events"
+SEQ_LOCK = 0x76727371  # "vrsq"
 
 
 def quote_ident(name: str) -> str:
@@ -170,11 +171,13 @@ class ReadModelStore:
                     WITH ORDINALITY AS x(a, b, i))"""
         self._sql_minutes = metric_upsert.format(table=f"{s}.stage_metrics_minute")
         self._sql_hours = metric_upsert.format(table=f"{s}.stage_metrics_hour")
-        self._sql_request_hours = f"""
-            INSERT INTO {s}.request_metrics_hour AS m (bucket, created, completed, failed)
+        request_upsert = """
+            INSERT INTO {table} AS m (bucket, created, completed, failed)
             VALUES ($1, $2, $3, $4)
             ON CONFLICT (bucket) DO UPDATE SET created = m.created + EXCLUDED.created,
                 completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed"""
+        self._sql_request_minutes = request_upsert.format(table=f"{s}.request_metrics_minute")
+        self._sql_request_hours = request_upsert.format(table=f"{s}.request_metrics_hour")
         self._sql_counts = f"""
             INSERT INTO {s}.status_counts AS c (organization_id, status, n) VALUES ($1, $2, $3)
             ON CONFLICT (organization_id, status) DO UPDATE SET n = c.n + EXCLUDED.n"""
@@ -337,10 +340,12 @@ class ReadModelStore:
                         for (bucket, stage), m in metrics.items()
                     ],
                 )
-        if b.request_hours:
-            await conn.executemany(
-                self._sql_request_hours, [(h, *v) for h, v in b.request_hours.items()]
-            )
+        for sql, counts_by in (
+            (self._sql_request_minutes, b.request_minutes),
+            (self._sql_request_hours, b.request_hours),
+        ):
+            if counts_by:
+                await conn.executemany(sql, [(at, *v) for at, v in counts_by.items()])
         counts = [(org, st, n) for (org, st), n in b.status_counts.items() if n]
         if counts:
             await conn.executemany(self._sql_counts, counts)
@@ -362,6 +367,10 @@ class ReadModelStore:
                 ],
             )
         if b.events:
+            # Timeline sequence numbers become visible in the order they are handed out
+            # (one writer at a time from here to commit), so a stream reading "seq > n"
+            # never skips a row that commits late.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQ_LOCK)
             await conn.copy_records_to_table(
                 "events",
                 schema_name=self.schema,

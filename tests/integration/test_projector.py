@@ -30,6 +30,7 @@ TABLES = {
     "request_stages": "request_id, stage, attempt",
     "stage_metrics_minute": "bucket, stage",
     "stage_metrics_hour": "bucket, stage",
+    "request_metrics_minute": "bucket",
     "request_metrics_hour": "bucket",
     "status_counts": "organization_id, status",
     "breakers": "name",

@@ -1,0 +1,1 @@
+"""The monitoring API (FastAPI): the read model over HTTP, SSE and the dashboard page."""

@@ -1,0 +1,119 @@
+"""The monitoring API process: ``python -m services.projector.api.main``.
+
+Wiring only: settings → Postgres pool, SSE hub (LISTEN), Kafka publisher and tracker (for
+submit and retry), routes, then uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse
+from prometheus_client import Histogram
+
+from services.projector.api.deps import AppState
+from services.projector.api.routes import health, monitoring, requests
+from services.projector.api.stream import Hub
+from vividly.bus import ensure_topics
+from vividly.config import STAGE_TOPICS, TRACKING_TOPIC, Settings
+from vividly.db import migrate
+from vividly.logs import configure_logging
+from vividly.publish import KafkaPublisher
+from vividly.tracker import RequestTracker
+
+log = logging.getLogger("vividly.api")
+DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
+
+API_LATENCY = Histogram(
+    "vividly_api_request_duration_seconds",
+    "Monitoring API request latency by route template",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.effective_database_url()
+        await migrate(url)
+        await asyncio.to_thread(
+            ensure_topics,
+            settings,
+            {t: settings.topic_partitions for t in (*STAGE_TOPICS, TRACKING_TOPIC)},
+        )
+        pool = await asyncpg.create_pool(url, min_size=2, max_size=settings.api_db_pool_size)
+        hub = Hub(url, pool)
+        await hub.start()
+        publisher = KafkaPublisher(settings, "api")
+        tracker = RequestTracker.from_settings(settings, publisher)
+        app.state.vividly = AppState(
+            settings, settings.effective_jwt_secret(), pool, hub, publisher, tracker
+        )
+        log.info("api ready", extra={"port": settings.api_port})
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await pool.close()
+            await asyncio.to_thread(publisher.close, 10.0)
+
+    app = FastAPI(
+        title="Vividly monitoring API",
+        version="1.0",
+        description="Request tracking for the Vividly pipeline: the read model, live "
+        "events (SSE), submission and retries. Bearer JWT (`vividly token`).",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(monitoring.router)
+    app.include_router(requests.router)
+
+    @app.get("/monitoring/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard_page() -> HTMLResponse:
+        # The page holds no data: everything it shows comes from the API with the token
+        # pasted into it.
+        return HTMLResponse(DASHBOARD.read_text())
+
+    @app.middleware("http")
+    async def timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        if not path.endswith("/stream"):
+            API_LATENCY.labels(request.method, path, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    return app
+
+
+def main() -> None:
+    settings = Settings(producer_name="api")
+    configure_logging("api", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

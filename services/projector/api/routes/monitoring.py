@@ -1,0 +1,128 @@
+"""GET /api/v1/monitoring/*: the seed's monitoring endpoints, scoped to the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+
+from services.projector.api import views
+from services.projector.api.deps import Caller, Conn, Reader, State
+from services.projector.api.stream import StreamFilter
+from vividly.config import STAGES
+
+router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
+
+StatusFilter = Literal["active", "all", "queued", "running", "waiting", "completed", "failed"]
+
+
+def _not_found(request_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"request {request_id} not found")
+
+
+@router.get("/dashboard", summary="Overview: counts, active, stage p50/p95, failure rate, breakers")
+async def dashboard(who: Reader, conn: Conn) -> dict[str, Any]:
+    return await views.dashboard(conn, who)
+
+
+@router.get("/requests", summary="Request summaries, newest first, keyset-paginated")
+async def list_requests(
+    who: Reader,
+    conn: Conn,
+    status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
+    stage: Annotated[Literal[STAGES] | None, Query()] = None,  # type: ignore[valid-type]
+    organization_id: Annotated[str | None, Query(max_length=64)] = None,
+    student_id: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Words in topic/objective")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> dict[str, Any]:
+    try:
+        return await views.list_requests(
+            conn,
+            who,
+            status=None if status_ == "all" else status_,
+            stage=stage,
+            organization_id=organization_id,
+            student_id=student_id,
+            q=q,
+            limit=limit,
+            cursor=cursor,
+        )
+    except views.BadCursor as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}],
+        ) from exc
+
+
+@router.get("/requests/{request_id}", summary="One request: stages, waiting reason, error, outputs")
+async def get_request(request_id: str, who: Caller, conn: Conn) -> dict[str, Any]:
+    # Pipeline services (role service) may read one request they work on; nothing else.
+    if who.role == "service":
+        from vividly.auth import Principal
+
+        who = Principal(sub=who.sub, role="admin")
+    found = await views.get_request(conn, who, request_id)
+    if found is None:
+        raise _not_found(request_id)
+    return found
+
+
+@router.get("/requests/{request_id}/events", summary="A request's event timeline, paginated")
+async def request_events(
+    request_id: str,
+    who: Reader,
+    conn: Conn,
+    after: Annotated[int, Query(ge=0, description="next_after of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    page = await views.request_events(conn, who, request_id, after, limit)
+    if page is None:
+        raise _not_found(request_id)
+    return page
+
+
+@router.get("/metrics", summary="Hourly buckets per stage: counts, failures, duration percentiles")
+async def metrics(
+    who: Reader, conn: Conn, hours: Annotated[int, Query(ge=1, le=24 * 31)] = 24
+) -> dict[str, Any]:
+    return await views.hourly_metrics(conn, hours)
+
+
+@router.get("/breakers", summary="Circuit breaker states")
+async def breakers(who: Reader, conn: Conn) -> list[dict[str, Any]]:
+    return await views.breakers(conn)
+
+
+@router.get(
+    "/stream",
+    summary="Server-Sent Events: every folded event in scope; ids are the read model's seq",
+    response_class=StreamingResponse,
+)
+async def stream(
+    request: Request,
+    who: Reader,
+    state: State,
+    request_id: Annotated[str | None, Query(max_length=64)] = None,
+    organization_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    since: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
+) -> StreamingResponse:
+    resume: int | None = since
+    if last_event_id:
+        try:
+            resume = int(last_event_id)
+        except ValueError as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                [{"loc": ["header", "Last-Event-ID"], "msg": "must be an integer", "type": "int"}],
+            ) from exc
+    flt = StreamFilter(who, request_id=request_id, organization_id=organization_id)
+    frames = state.hub.stream(flt, resume, state.settings.sse_heartbeat_s, request.is_disconnected)
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,225 @@
+"""Live events for Server-Sent Events clients, fed by the projector's NOTIFY.
+
+One :class:`Hub` per API process holds one LISTEN connection. When the projector commits
+a batch it notifies; the hub reads the new timeline rows once (``seq > last``) and hands
+each row, already formatted as an SSE frame, to every subscriber whose filter matches.
+
+A client resumes with ``Last-Event-ID``: it subscribes first, then reads what it missed
+from the table, then drains the live queue skipping what it has already sent, so there is
+no gap and no duplicate. A subscriber that cannot keep up is cut off (its queue is bounded)
+and reconnects with its last id, losing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.projector.store import LIVE_SCHEMA, NOTIFY_CHANNEL, quote_ident
+from vividly.auth import Principal
+
+log = logging.getLogger("vividly.api.stream")
+S = quote_ident(LIVE_SCHEMA)
+_COLUMNS = (
+    "seq, event_id::text AS event_id, request_id, correlation_id, organization_id, student_id,"
+    " event_type, stage, attempt, severity, message, data::text AS data, producer, occurred_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    seq: int
+    request_id: str | None
+    organization_id: str | None
+    student_id: str | None
+    text: str  # the whole SSE frame
+
+
+def frame_of(row: Any) -> Frame:
+    body = (
+        b'{"seq":%d,"event_id":%b,"request_id":%b,"correlation_id":%b,"organization_id":%b,'
+        b'"event_type":%b,"stage":%b,"attempt":%b,"severity":%b,"message":%b,"producer":%b,'
+        b'"occurred_at":%b,"data":%b}'
+        % (
+            row["seq"],
+            orjson.dumps(row["event_id"]),
+            orjson.dumps(row["request_id"]),
+            orjson.dumps(row["correlation_id"]),
+            orjson.dumps(row["organization_id"]),
+            orjson.dumps(row["event_type"]),
+            orjson.dumps(row["stage"]),
+            orjson.dumps(row["attempt"]),
+            orjson.dumps(row["severity"]),
+            orjson.dumps(row["message"]),
+            orjson.dumps(row["producer"]),
+            orjson.dumps(row["occurred_at"].isoformat()),
+            row["data"].encode(),
+        )
+    )
+    text = f"id: {row['seq']}\nevent: {row['event_type']}\ndata: {body.decode()}\n\n"
+    return Frame(row["seq"], row["request_id"], row["organization_id"], row["student_id"], text)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFilter:
+    """The caller's scope plus the filters it asked for."""
+
+    who: Principal
+    request_id: str | None = None
+    organization_id: str | None = None
+
+    def matches(self, f: Frame) -> bool:
+        if f.request_id is None:  # breaker events: not request data; no request filter
+            return self.request_id is None
+        if self.request_id is not None and f.request_id != self.request_id:
+            return False
+        if self.organization_id is not None and f.organization_id != self.organization_id:
+            return False
+        return self.who.sees(f.organization_id, f.student_id)
+
+    def sql(self, params: list[Any]) -> str:
+        scope = self.who.scope_sql(params)
+        where = [f"(request_id IS NULL OR {scope})"]
+        if self.request_id is not None:
+            params.append(self.request_id)
+            where.append(f"request_id = ${len(params)}")
+        if self.organization_id is not None:
+            params.append(self.organization_id)
+            where.append(f"(request_id IS NULL OR organization_id = ${len(params)})")
+        return " AND ".join(where)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    filter: StreamFilter
+    queue: asyncio.Queue[Frame | None] = field(default_factory=lambda: asyncio.Queue(10_000))
+    dropped: bool = False
+
+
+class Hub:
+    def __init__(self, database_url: str, pool: Any) -> None:
+        self.database_url = database_url
+        self.pool = pool
+        self.subscribers: set[Subscriber] = set()
+        self.last_seq = 0
+        self.listening = False
+        self._wake = asyncio.Event()
+        self._conn: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.frames_sent = 0
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(self.database_url)
+        await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        self.last_seq = await self._conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {S}.events")
+        self.listening = True
+        self._task = asyncio.create_task(self._pump(), name="sse-hub")
+
+    async def stop(self) -> None:
+        self.listening = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for sub in list(self.subscribers):
+            sub.queue.put_nowait(None)
+        if self._conn is not None:
+            await self._conn.close()
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while True:
+                    rows = await self._conn.fetch(
+                        f"SELECT {_COLUMNS} FROM {S}.events WHERE seq > $1 ORDER BY seq LIMIT 2000",
+                        self.last_seq,
+                    )
+                    if not rows:
+                        break
+                    self._fan_out([frame_of(r) for r in rows])
+                    self.last_seq = rows[-1]["seq"]
+                    if len(rows) < 2000:
+                        break
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                log.exception("reading new events failed; retrying on the next notify")
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    def _fan_out(self, frames: list[Frame]) -> None:
+        for sub in list(self.subscribers):
+            for f in frames:
+                if sub.filter.matches(f):
+                    try:
+                        sub.queue.put_nowait(f)
+                    except asyncio.QueueFull:
+                        self._drop(sub)
+                        break
+
+    def _drop(self, sub: Subscriber) -> None:
+        sub.dropped = True
+        self.subscribers.discard(sub)
+        with contextlib.suppress(asyncio.QueueFull):
+            sub.queue.put_nowait(None)
+
+    async def stream(
+        self,
+        flt: StreamFilter,
+        last_event_id: int | None,
+        heartbeat_s: float,
+        disconnected: Any,
+    ) -> AsyncIterator[str]:
+        """SSE frames for one client, from after ``last_event_id`` (else from now)."""
+        sub = Subscriber(flt)
+        self.subscribers.add(sub)
+        try:
+            yield f"retry: 2000\n: connected, live from seq {self.last_seq}\n\n"
+            sent = self.last_seq if last_event_id is None else last_event_id
+            if last_event_id is not None:
+                async for old in self._backfill(flt, last_event_id):
+                    yield old.text
+                    sent = old.seq
+            while True:
+                try:
+                    frame: Frame | None = await asyncio.wait_for(sub.queue.get(), heartbeat_s)
+                except TimeoutError:
+                    if await disconnected():
+                        return
+                    yield ": heartbeat\n\n"
+                    continue
+                if frame is None:  # cut off (too slow) or shutting down: client resumes
+                    return
+                if frame.seq <= sent:
+                    continue
+                sent = frame.seq
+                self.frames_sent += 1
+                yield frame.text
+        finally:
+            self.subscribers.discard(sub)
+
+    async def _backfill(self, flt: StreamFilter, after: int) -> AsyncIterator[Frame]:
+        while True:
+            params: list[Any] = [after]
+            where = flt.sql(params)
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM {S}.events WHERE seq > $1 AND {where}"
+                    " ORDER BY seq LIMIT 1000",
+                    *params,
+                )
+            for r in rows:
+                yield frame_of(r)
+            if len(rows) < 1000:
+                return
+            after = rows[-1]["seq"]

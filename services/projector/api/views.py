@@ -1,0 +1,318 @@
+"""Read-side queries: plain SQL over the denormalised read model (cosmicpython views.py).
+
+Every function takes the caller's :class:`~vividly.auth.Principal` and limits rows to its
+scope in SQL. Timestamps are returned as ISO 8601 strings.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from services.projector.fold import ACTIVE, N_BUCKETS, percentiles
+from services.projector.store import LIVE_SCHEMA, quote_ident
+from vividly.auth import Principal
+from vividly.config import STAGES
+
+STATUSES = ("queued", "running", "waiting", "completed", "failed")
+_STAGE_ORDER = {s: i for i, s in enumerate(STAGES)}
+S = quote_ident(LIVE_SCHEMA)
+
+SUMMARY_COLUMNS = (
+    "request_id, correlation_id, status, current_stage, waiting_reason, waiting_until,"
+    " topic, grade_level, duration_minutes, student_id, organization_id, error_stage,"
+    " created_at, updated_at, completed_at, failed_at, retry_count"
+)
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _row(record: Any) -> dict[str, Any]:
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, datetime):
+            out[k] = v.isoformat()
+        elif k in ("outputs", "attempts", "metadata", "error_details", "output", "data") and (
+            isinstance(v, str)
+        ):
+            out[k] = orjson.loads(v)
+        else:
+            out[k] = v
+    return out
+
+
+def encode_cursor(created_at: datetime, request_id: str) -> str:
+    raw = orjson.dumps([created_at.isoformat(), request_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, rid = orjson.loads(raw)
+        return datetime.fromisoformat(at), str(rid)
+    except Exception as exc:
+        raise BadCursor("cursor: not a cursor this API returned") from exc
+
+
+# ---------------------------------------------------------------------- dashboard
+async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
+    counts = dict.fromkeys(STATUSES, 0)
+    if who.role == "student":
+        rows = await conn.fetch(
+            f"SELECT status, count(*) AS n FROM {S}.requests WHERE student_id = $1 GROUP BY status",
+            who.sub,
+        )
+    elif who.role == "teacher":
+        rows = await conn.fetch(
+            f"SELECT status, n FROM {S}.status_counts WHERE organization_id = $1", who.org
+        )
+    else:
+        rows = await conn.fetch(
+            f"SELECT status, sum(n)::bigint AS n FROM {S}.status_counts GROUP BY status"
+        )
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + int(r["n"])
+    since = datetime.now(UTC) - timedelta(hours=1)
+    stage_rows = await conn.fetch(
+        f"SELECT stage, started, completed, failed, retried, duration_buckets"
+        f" FROM {S}.stage_metrics_minute WHERE bucket >= $1",
+        since.replace(second=0, microsecond=0),
+    )
+    stages: dict[str, dict[str, Any]] = {}
+    merged: dict[str, list[int]] = {}
+    for r in stage_rows:
+        st = stages.setdefault(
+            r["stage"], {"started": 0, "completed": 0, "failed": 0, "retried": 0}
+        )
+        for k in ("started", "completed", "failed", "retried"):
+            st[k] += r[k]
+        acc = merged.setdefault(r["stage"], [0] * N_BUCKETS)
+        for i, n in enumerate(r["duration_buckets"]):
+            acc[i] += n
+    stage_stats = []
+    total_done = total_failed = 0
+    for stage in STAGES:
+        st = stages.get(stage, {"started": 0, "completed": 0, "failed": 0, "retried": 0})
+        p50, p95 = percentiles(merged.get(stage, [0] * N_BUCKETS), (0.5, 0.95))
+        ended = st["completed"] + st["failed"]
+        total_done += st["completed"]
+        total_failed += st["failed"]
+        stage_stats.append(
+            {
+                "stage": stage,
+                **st,
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "failure_rate": (st["failed"] / ended) if ended else 0.0,
+            }
+        )
+    req = await conn.fetchrow(
+        f"SELECT coalesce(sum(completed), 0) AS c, coalesce(sum(failed), 0) AS f"
+        f" FROM {S}.request_metrics_minute WHERE bucket >= $1",
+        since.replace(second=0, microsecond=0),
+    )
+    finished = req["c"] + req["f"]
+    return {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "scope": {"role": who.role, "organization_id": who.org},
+        "counts": counts,
+        "total": sum(counts.values()),
+        "active": sum(counts[s] for s in ACTIVE),
+        "last_hour": {
+            "completed": int(req["c"]),
+            "failed": int(req["f"]),
+            "failure_rate": (req["f"] / finished) if finished else 0.0,
+            "stages": stage_stats,
+        },
+        "breakers": await breakers(conn),
+    }
+
+
+async def breakers(conn: Any) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT * FROM {S}.breakers ORDER BY name")
+    return [_row(r) for r in rows]
+
+
+# ---------------------------------------------------------------------- requests
+async def list_requests(
+    conn: Any,
+    who: Principal,
+    *,
+    status: str | None,
+    stage: str | None,
+    organization_id: str | None,
+    student_id: str | None,
+    q: str | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    params: list[Any] = []
+    where = [who.scope_sql(params)]
+    if status == "active":
+        params.append(list(ACTIVE))
+        where.append(f"status = ANY(${len(params)}::text[])")
+    elif status:
+        params.append(status)
+        where.append(f"status = ${len(params)}")
+    for column, value in (
+        ("current_stage", stage),
+        ("organization_id", organization_id),
+        ("student_id", student_id),
+    ):
+        if value:
+            params.append(value)
+            where.append(f"{column} = ${len(params)}")
+    if q:
+        params.append(q)
+        where.append(f"search @@ plainto_tsquery('simple', ${len(params)})")
+    if cursor:
+        at, rid = decode_cursor(cursor)
+        params.extend([at, rid])
+        where.append(f"(created_at, request_id) < (${len(params) - 1}, ${len(params)})")
+    params.append(limit + 1)
+    sql = (
+        f"SELECT {SUMMARY_COLUMNS} FROM {S}.requests WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, request_id DESC LIMIT ${len(params)}"
+    )
+    rows = await conn.fetch(sql, *params)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["request_id"]) if more else None
+    return {"items": [_row(r) for r in rows], "next_cursor": next_cursor, "limit": limit}
+
+
+async def get_request(conn: Any, who: Principal, request_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT * FROM {S}.requests WHERE request_id = $1", request_id)
+    if row is None or not who.sees(row["organization_id"], row["student_id"]):
+        return None
+    out = _row(row)
+    out.pop("search", None)
+    stages = await conn.fetch(
+        f"SELECT stage, attempt, status, started_at, ended_at, duration_ms, output,"
+        f" error_message, error_details, is_retryable, due_at,"
+        f" input_item IS NOT NULL AS retryable_from_log"
+        f" FROM {S}.request_stages WHERE request_id = $1",
+        request_id,
+    )
+    ordered = sorted(stages, key=lambda s: (_STAGE_ORDER.get(s["stage"], 99), s["attempt"]))
+    out["stages"] = [_row(s) for s in ordered]
+    if row["status"] not in ("completed", "failed"):
+        out["reason"] = _reason(row)
+    return out
+
+
+def _reason(row: Any) -> str:
+    """Why a request that is not finished is where it is, in words."""
+    status, stage = row["status"], row["current_stage"]
+    if status == "queued":
+        return f"queued for {stage}" if stage else "queued"
+    if status == "waiting":
+        until = row["waiting_until"]
+        when = f" until {until.isoformat()}" if until else ""
+        return f"{row['waiting_reason']} at {stage}{when}: {row['waiting_detail'] or ''}".rstrip(
+            ": "
+        )
+    return f"running {stage}" if stage else "running"
+
+
+async def request_events(
+    conn: Any, who: Principal, request_id: str, after: int, limit: int
+) -> dict[str, Any] | None:
+    owner = await conn.fetchrow(
+        f"SELECT organization_id, student_id FROM {S}.requests WHERE request_id = $1", request_id
+    )
+    if owner is None or not who.sees(owner["organization_id"], owner["student_id"]):
+        return None
+    rows = await conn.fetch(
+        f"SELECT seq, event_id::text, event_type, stage, attempt, severity, message, data,"
+        f" producer, occurred_at FROM {S}.events WHERE request_id = $1 AND seq > $2"
+        f" ORDER BY seq LIMIT $3",
+        request_id,
+        after,
+        limit + 1,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [_row(r) for r in rows],
+        "next_after": rows[-1]["seq"] if more else None,
+        "limit": limit,
+    }
+
+
+# ---------------------------------------------------------------------- metrics
+async def hourly_metrics(conn: Any, hours: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    rows = await conn.fetch(
+        f"SELECT bucket, stage, started, completed, failed, retried, duration_sum_ms,"
+        f" duration_max_ms, duration_buckets FROM {S}.stage_metrics_hour"
+        f" WHERE bucket >= $1 ORDER BY bucket, stage",
+        start,
+    )
+    buckets: dict[datetime, dict[str, Any]] = {}
+    for h in range(hours):
+        at = start + timedelta(hours=h)
+        buckets[at] = {"hour": at.isoformat(), "stages": {}, "requests": None}
+    for r in rows:
+        p50, p95, p99 = percentiles(list(r["duration_buckets"]), (0.5, 0.95, 0.99))
+        b = buckets.setdefault(
+            r["bucket"], {"hour": r["bucket"].isoformat(), "stages": {}, "requests": None}
+        )
+        b["stages"][r["stage"]] = {
+            "started": r["started"],
+            "completed": r["completed"],
+            "failed": r["failed"],
+            "retried": r["retried"],
+            "avg_ms": (r["duration_sum_ms"] / r["completed"]) if r["completed"] else None,
+            "max_ms": r["duration_max_ms"] if r["completed"] else None,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "p99_ms": p99,
+        }
+    for r in await conn.fetch(
+        f"SELECT bucket, created, completed, failed FROM {S}.request_metrics_hour"
+        f" WHERE bucket >= $1",
+        start,
+    ):
+        hour = buckets.get(r["bucket"])
+        if hour is not None:
+            hour["requests"] = {
+                "created": r["created"],
+                "completed": r["completed"],
+                "failed": r["failed"],
+            }
+    for b in buckets.values():
+        if b["requests"] is None:
+            b["requests"] = {"created": 0, "completed": 0, "failed": 0}
+    return {"hours": hours, "buckets": [buckets[k] for k in sorted(buckets)]}
+
+
+# ---------------------------------------------------------------------- retry support
+async def retry_source(conn: Any, request_id: str, stage: str) -> tuple[int, bytes] | None:
+    """The newest kept input of a failed attempt of ``stage`` and the highest attempt
+    number seen for it (the retry runs as that + 1)."""
+    row = await conn.fetchrow(
+        f"SELECT (SELECT max(attempt) FROM {S}.request_stages"
+        f"          WHERE request_id = $1 AND stage = $2) AS top,"
+        f"       (SELECT input_item FROM {S}.request_stages"
+        f"          WHERE request_id = $1 AND stage = $2 AND input_item IS NOT NULL"
+        f"          ORDER BY attempt DESC LIMIT 1) AS item",
+        request_id,
+        stage,
+    )
+    if row is None or row["item"] is None:
+        return None
+    return int(row["top"]), bytes(row["item"])

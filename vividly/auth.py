@@ -1,0 +1,117 @@
+"""Who may see what: bearer JWTs (HS256, with expiry) and the scope each role reads.
+
+Roles:
+
+- ``admin``: every request.
+- ``teacher``: requests of their organization (claim ``org``).
+- ``student``: their own requests (``sub`` is the student id).
+- ``service``: may submit requests and publish; reads nothing.
+
+A request outside the caller's scope is reported as not found, never as forbidden, so
+its existence does not leak.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+ROLES = ("admin", "teacher", "student", "service")
+READERS = frozenset({"admin", "teacher", "student"})
+ALGORITHM = "HS256"
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, expired or signed with another secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    role: str
+    org: str | None = None
+
+    @property
+    def can_read(self) -> bool:
+        return self.role in READERS
+
+    def sees(self, organization_id: str | None, student_id: str | None) -> bool:
+        """Whether a request of this organization/student is in scope."""
+        if self.role == "admin":
+            return True
+        if self.role == "teacher":
+            return organization_id is not None and organization_id == self.org
+        if self.role == "student":
+            return student_id is not None and student_id == self.sub
+        return False
+
+    def scope_sql(self, params: list[Any], alias: str = "") -> str:
+        """A SQL condition limiting rows to this caller's scope (appends its params)."""
+        p = f"{alias}." if alias else ""
+        if self.role == "admin":
+            return "TRUE"
+        if self.role == "teacher":
+            params.append(self.org)
+            return f"{p}organization_id = ${len(params)}"
+        if self.role == "student":
+            params.append(self.sub)
+            return f"{p}student_id = ${len(params)}"
+        return "FALSE"
+
+    @property
+    def requested_by(self) -> str:
+        return f"api:{self.role}:{self.sub}"
+
+
+def mint(
+    secret: str,
+    *,
+    role: str,
+    sub: str,
+    org: str | None = None,
+    ttl_s: int = 3600,
+    issuer: str = "vividly",
+    now: float | None = None,
+) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)} (got {role!r})")
+    if role == "teacher" and not org:
+        raise ValueError("a teacher token needs an organization (--org)")
+    if not sub:
+        raise ValueError("a token needs a subject (--sub)")
+    issued = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "role": role,
+        "iss": issuer,
+        "iat": issued,
+        "exp": issued + ttl_s,
+    }
+    if org:
+        claims["org"] = org
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(secret: str, token: str, issuer: str = "vividly") -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=issuer,
+            options={"require": ["exp", "sub", "iss"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {exc}") from exc
+    role = claims.get("role")
+    if role not in ROLES:
+        raise AuthError(f"invalid token: unknown role {role!r}")
+    org = claims.get("org")
+    if role == "teacher" and not org:
+        raise AuthError("invalid token: a teacher token carries an organization")
+    return Principal(sub=str(claims["sub"]), role=role, org=org)
