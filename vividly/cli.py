@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vividly.config import DLQ_TOPIC, STAGE_TOPICS, TRACKING_TOPIC, Settings
+from vividly.config import DLQ_TOPIC, STAGE_TOPICS, STAGES, TRACKING_TOPIC, Settings
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -195,7 +195,11 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
                 pg.url,
                 home,
                 PipelinePorts(
-                    settings.gemini_port, settings.video_port, settings.s3_port, settings.smtp_port
+                    settings.gemini_port,
+                    settings.video_port,
+                    settings.s3_port,
+                    settings.smtp_port,
+                    settings.api_port,
                 ),
             )
             for port, what in (
@@ -203,6 +207,7 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
                 (settings.video_port, "VIVIDLY_VIDEO_PORT"),
                 (settings.s3_port, "VIVIDLY_S3_PORT"),
                 (settings.smtp_port, "VIVIDLY_SMTP_PORT"),
+                (settings.api_port, "VIVIDLY_API_PORT"),
             ):
                 from vividly.stack import port_in_use
 
@@ -215,8 +220,13 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
             _load_corpus_with_progress(load_corpus, pg.url, pipeline.gemini_url)
             with console.status("starting the stage services…"):
                 pipeline.start_services()
+            with console.status("starting the projector and the monitoring API…"):
+                pipeline.start_service("projector")
+                pipeline.start_service("api")
             for name, managed in pipeline.procs.items():
                 record(name, managed)
+            info["dashboard"] = f"{pipeline.api_url}/monitoring/dashboard"
+            info["api"] = pipeline.api_url
             info["mail_dir"] = str(pipeline.mail_dir)
             info["videos"] = f"{pipeline.s3_url}/{settings.s3_bucket}/"
             info["env"] = {k: v for k, v in pipeline.env().items() if k.startswith("VIVIDLY_")}
@@ -337,6 +347,11 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
     pg = data.get("processes", {}).get("postgres", {}).get("url")
     if kafka and pg:
         console.print(f"export VIVIDLY_KAFKA_BOOTSTRAP={kafka} VIVIDLY_DATABASE_URL={pg}")
+    if data.get("dashboard"):
+        console.print(
+            f"dashboard: {data['dashboard']}  (sign in with the output of "
+            "[bold]vividly token --role admin[/])"
+        )
     if data.get("mail_dir"):
         console.print(f"emails land in {data['mail_dir']}; videos in {data['videos']}")
         console.print(
@@ -438,6 +453,173 @@ def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- read side
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from vividly.auth import mint
+
+    settings = stack_settings(settings)
+    sub = args.sub or {"admin": "admin", "service": "service"}.get(args.role, "")
+    if args.role == "student" and not args.sub:
+        err.print("[red]a student token needs --sub STUDENT_ID[/]")
+        return 2
+    if args.role == "teacher" and not args.sub:
+        sub = f"teacher@{args.org}"
+    try:
+        token = mint(
+            settings.effective_jwt_secret(),
+            role=args.role,
+            sub=sub,
+            org=args.org,
+            ttl_s=args.ttl or settings.token_ttl_s,
+            issuer=settings.jwt_issuer,
+        )
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        return 2
+    print(token)
+    return 0
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def cmd_projector_run(args: argparse.Namespace, settings: Settings) -> int:
+    from services.projector import main as projector_main
+
+    settings = stack_settings(settings)
+    configure_cli_logging(settings)
+    asyncio.run(projector_main.serve(settings))
+    return 0
+
+
+def cmd_projector_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from services.projector.runner import rebuild
+    from vividly.db import migrate
+
+    settings = stack_settings(settings)
+    url = settings.effective_database_url()
+    with _progress() as bar:
+        task = bar.add_task("folding tracking.events into a fresh read model", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        async def go() -> dict[str, Any]:
+            await migrate(url)
+            return await rebuild(settings, url, progress=progress)
+
+        try:
+            info = asyncio.run(go())
+        except OSError as exc:
+            err.print(f"[red]Cannot reach Postgres or Kafka:[/] {exc}")
+            return 1
+    console.print(
+        f"rebuilt [bold]{info['schema']}[/] from the log: {info['events']} events folded "
+        f"({info['duplicates']} duplicates dropped) and swapped in"
+    )
+    return 0
+
+
+def _time_arg(text: str | None, flag: str) -> Any:
+    from vividly.export import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+class UsageError(Exception):
+    pass
+
+
+def cmd_events_export(args: argparse.Namespace, settings: Settings) -> int:
+    from vividly.export import ExportFilter, export, read_events
+
+    settings = stack_settings(settings)
+    flt = ExportFilter(
+        since=_time_arg(args.since, "--since"),
+        until=_time_arg(args.until, "--until"),
+        request_id=args.request,
+        stage=args.stage,
+    )
+    if args.format == "parquet" and not args.output:
+        raise UsageError("--format parquet needs --output FILE")
+    output = Path(args.output) if args.output else None
+    with _progress() as bar:
+        task = bar.add_task("reading tracking.events", total=None)
+        rows = read_events(
+            settings,
+            flt,
+            on_total=lambda n: bar.update(task, total=n),
+            on_progress=lambda n: bar.advance(task, n),
+        )
+        try:
+            written = export(rows, args.format, output)
+        except RuntimeError as exc:
+            err.print(f"[red]{exc}[/]")
+            return 1
+    err.print(f"exported {written} events" + (f" to {output}" if output else ""))
+    return 0
+
+
+def cmd_events_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from services.projector.runner import replay
+    from vividly.db import migrate
+
+    settings = stack_settings(settings)
+    since = _time_arg(args.since, "--since")
+    until = _time_arg(args.until, "--until")
+    url = settings.effective_database_url()
+    with _progress() as bar:
+        task = bar.add_task(f"replaying into schema {args.schema}", total=None)
+
+        async def go() -> dict[str, Any]:
+            await migrate(url)
+            return await replay(
+                settings,
+                url,
+                args.schema,
+                since=since,
+                until=until,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+
+        try:
+            info = asyncio.run(go())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    console.print(
+        f"replayed {info['events']} events into schema [bold]{info['schema']}[/] "
+        f"(query it like vividly_read: SELECT * FROM {info['schema']}.requests)"
+    )
+    return 0
+
+
+def configure_cli_logging(settings: Settings) -> None:
+    from vividly.logs import configure_logging
+
+    configure_logging("projector", settings.log_level)
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vividly", description=__doc__.splitlines()[0])
@@ -486,6 +668,38 @@ def build_parser() -> argparse.ArgumentParser:
     mig = db_sub.add_parser("migrate", help="apply pending migrations (idempotent)")
     mig.add_argument("--database-url", help="defaults to VIVIDLY_DATABASE_URL / DATABASE_URL")
     mig.set_defaults(func=cmd_db_migrate)
+
+    token = sub.add_parser("token", help="mint an API token for local use")
+    token.add_argument("--role", required=True, choices=("admin", "teacher", "student", "service"))
+    token.add_argument("--org", help="organization (required for teachers)")
+    token.add_argument("--sub", help="subject: user id (the student id for students)")
+    token.add_argument("--ttl", type=int, help="lifetime in seconds (default 8 h)")
+    token.set_defaults(func=cmd_token)
+
+    proj = sub.add_parser("projector", help="the read-model projector")
+    proj_sub = proj.add_subparsers(dest="projector_command", required=True, metavar="TASK")
+    prun = proj_sub.add_parser("run", help="fold tracking.events into the read model (foreground)")
+    prun.set_defaults(func=cmd_projector_run)
+    prb = proj_sub.add_parser(
+        "rebuild", help="rebuild the read model from the start of the log and swap it in"
+    )
+    prb.set_defaults(func=cmd_projector_rebuild)
+
+    events = sub.add_parser("events", help="tracking events for analysts")
+    ev_sub = events.add_subparsers(dest="events_command", required=True, metavar="TASK")
+    exp = ev_sub.add_parser("export", help="stream decoded events from the log to a file")
+    exp.add_argument("--since", help="ISO 8601 time or an age (15m, 2h, 7d)")
+    exp.add_argument("--until", help="ISO 8601 time or an age")
+    exp.add_argument("--request", help="only this request id")
+    exp.add_argument("--stage", choices=STAGES, help="only events about this stage")
+    exp.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
+    exp.add_argument("--output", "-o", help="file to write (default: stdout; parquet needs one)")
+    exp.set_defaults(func=cmd_events_export)
+    rep = ev_sub.add_parser("replay", help="re-read a time range into a separate schema")
+    rep.add_argument("--schema", required=True, help="target schema (dropped and recreated)")
+    rep.add_argument("--since", help="ISO 8601 time or an age (15m, 2h, 7d)")
+    rep.add_argument("--until", help="ISO 8601 time or an age")
+    rep.set_defaults(func=cmd_events_replay)
     return parser
 
 
@@ -497,7 +711,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # pydantic ValidationError: a bad VIVIDLY_* value
         err.print(f"[red]Bad configuration:[/] {exc}")
         return 2
-    code: int = args.func(args, settings)
+    try:
+        code: int = args.func(args, settings)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        err.print(f"[red]vividly: error:[/] {exc}")
+        return 2
     return code
 
 

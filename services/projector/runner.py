@@ -228,6 +228,12 @@ class Projector:
             elif time.monotonic() - idle_since > idle_s:
                 log.warning("stopped short of the high watermark", extra={"targets": targets})
                 return
+        # Some brokers (Tansu) report a watermark short of the last batch: read on until
+        # the log is quiet (bounded, for a log that never is).
+        deadline = time.monotonic() + idle_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if not await self.step(wait_s=0.25, until=until):
+                return
 
 
 async def rebuild(
