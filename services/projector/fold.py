@@ -556,9 +556,12 @@ def fold_batch(envelopes: Iterable[Envelope], known: dict[str, Known]) -> Batch:
     return batch
 
 
-def percentiles(buckets: list[int], qs: Iterable[float]) -> list[float | None]:
+def percentiles(
+    buckets: list[int], qs: Iterable[float], ceiling: float | None = None
+) -> list[float | None]:
     """Quantiles from a duration histogram, interpolated linearly inside a bucket (as
-    Prometheus' histogram_quantile does). None when the histogram is empty."""
+    Prometheus' histogram_quantile does), never above ``ceiling`` (the largest duration
+    observed). None when the histogram is empty."""
     total = sum(buckets)
     out: list[float | None] = []
     for q in qs:
@@ -571,7 +574,8 @@ def percentiles(buckets: list[int], qs: Iterable[float]) -> list[float | None]:
             if n and seen + n >= rank:
                 lo = DURATION_BOUNDS_MS[i - 1] if i > 0 else 0.0
                 hi = DURATION_BOUNDS_MS[i] if i < len(DURATION_BOUNDS_MS) else lo * 2
-                out.append(lo + (hi - lo) * (rank - seen) / n)
+                value = lo + (hi - lo) * (rank - seen) / n
+                out.append(min(value, ceiling) if ceiling is not None else value)
                 break
             seen += n
     return out

@@ -71,3 +71,4 @@ def test_percentiles_interpolate_within_histogram_buckets() -> None:
     assert p95 is not None
     assert 95 <= p95 <= 100
     assert percentiles([0] * len(buckets), (0.5,)) == [None]
+    assert percentiles(buckets, (0.5,), ceiling=60.0) == [60.0]  # never above the max seen

@@ -86,18 +86,20 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
         counts[r["status"]] = counts.get(r["status"], 0) + int(r["n"])
     since = datetime.now(UTC) - timedelta(hours=1)
     stage_rows = await conn.fetch(
-        f"SELECT stage, started, completed, failed, retried, duration_buckets"
+        f"SELECT stage, started, completed, failed, retried, duration_buckets, duration_max_ms"
         f" FROM {S}.stage_metrics_minute WHERE bucket >= $1",
         since.replace(second=0, microsecond=0),
     )
     stages: dict[str, dict[str, Any]] = {}
     merged: dict[str, list[int]] = {}
+    top: dict[str, float] = {}
     for r in stage_rows:
         st = stages.setdefault(
             r["stage"], {"started": 0, "completed": 0, "failed": 0, "retried": 0}
         )
         for k in ("started", "completed", "failed", "retried"):
             st[k] += r[k]
+        top[r["stage"]] = max(top.get(r["stage"], 0.0), r["duration_max_ms"])
         acc = merged.setdefault(r["stage"], [0] * N_BUCKETS)
         for i, n in enumerate(r["duration_buckets"]):
             acc[i] += n
@@ -105,7 +107,7 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
     total_done = total_failed = 0
     for stage in STAGES:
         st = stages.get(stage, {"started": 0, "completed": 0, "failed": 0, "retried": 0})
-        p50, p95 = percentiles(merged.get(stage, [0] * N_BUCKETS), (0.5, 0.95))
+        p50, p95 = percentiles(merged.get(stage, [0] * N_BUCKETS), (0.5, 0.95), top.get(stage))
         ended = st["completed"] + st["failed"]
         total_done += st["completed"]
         total_failed += st["failed"]
@@ -267,7 +269,9 @@ async def hourly_metrics(conn: Any, hours: int) -> dict[str, Any]:
         at = start + timedelta(hours=h)
         buckets[at] = {"hour": at.isoformat(), "stages": {}, "requests": None}
     for r in rows:
-        p50, p95, p99 = percentiles(list(r["duration_buckets"]), (0.5, 0.95, 0.99))
+        p50, p95, p99 = percentiles(
+            list(r["duration_buckets"]), (0.5, 0.95, 0.99), r["duration_max_ms"]
+        )
         b = buckets.setdefault(
             r["bucket"], {"hour": r["bucket"].isoformat(), "stages": {}, "requests": None}
         )
