@@ -146,7 +146,7 @@ class Settings(BaseSettings):
 
     # --- the read side -----------------------------------------------------------------
     projector_batch_max: int = Field(
-        default=5000, ge=1, description="Most tracking events folded in one transaction."
+        default=10_000, ge=1, description="Most tracking events folded in one transaction."
     )
     api_host: str = Field(default="127.0.0.1", description="Where the monitoring API listens.")
     jwt_secret: str | None = Field(

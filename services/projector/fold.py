@@ -60,12 +60,8 @@ def ts(t: Any) -> datetime:
     return datetime.fromtimestamp(t.seconds + t.nanos / 1e9, UTC)
 
 
-def _minute(t: datetime) -> datetime:
-    return t.replace(second=0, microsecond=0)
-
-
-def _hour(t: datetime) -> datetime:
-    return t.replace(minute=0, second=0, microsecond=0)
+def bucket_time(epoch_s: int) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 def _json_text(raw: bytes) -> str:
@@ -161,38 +157,8 @@ class BreakerRow:
     changed_at: datetime
 
 
-@dataclass(slots=True)
-class EventRow:
-    event_id: str
-    request_id: str | None
-    correlation_id: str
-    organization_id: str | None
-    student_id: str | None
-    event_type: str
-    stage: str | None
-    attempt: int | None
-    severity: str
-    message: str
-    data: str
-    producer: str
-    occurred_at: datetime
-
-    def record(self) -> tuple[Any, ...]:
-        return (
-            self.event_id,
-            self.request_id,
-            self.correlation_id,
-            self.organization_id,
-            self.student_id,
-            self.event_type,
-            self.stage,
-            self.attempt,
-            self.severity,
-            self.message,
-            self.data,
-            self.producer,
-            self.occurred_at,
-        )
+#: A timeline row, in EVENT_COLUMNS order.
+EventRow = tuple[Any, ...]
 
 
 EVENT_COLUMNS = (
@@ -220,13 +186,15 @@ class Batch:
     events: list[EventRow] = field(default_factory=list)
     requests: dict[str, RequestDelta] = field(default_factory=dict)
     stages: dict[tuple[str, str, int], StageDelta] = field(default_factory=dict)
-    stage_minutes: dict[tuple[datetime, str], MetricDelta] = field(default_factory=dict)
-    stage_hours: dict[tuple[datetime, str], MetricDelta] = field(default_factory=dict)
-    request_minutes: dict[datetime, list[int]] = field(default_factory=dict)  # created/done/failed
-    request_hours: dict[datetime, list[int]] = field(default_factory=dict)
+    # Metric buckets are keyed by their start in epoch seconds (see bucket_time()).
+    stage_minutes: dict[tuple[int, str], MetricDelta] = field(default_factory=dict)
+    stage_hours: dict[tuple[int, str], MetricDelta] = field(default_factory=dict)
+    request_minutes: dict[int, list[int]] = field(default_factory=dict)  # created/done/failed
+    request_hours: dict[int, list[int]] = field(default_factory=dict)
     status_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (org, status)
     breakers: dict[str, BreakerRow] = field(default_factory=dict)
     skipped: int = 0
+    now_s: int = 0
 
     # ------------------------------------------------------------------ helpers
     def request(self, env: Envelope, at: datetime) -> RequestDelta:
@@ -285,7 +253,8 @@ class Batch:
         return row
 
     def metric(self, at: datetime, stage: str) -> tuple[MetricDelta, MetricDelta]:
-        mk, hk = (_minute(at), stage), (_hour(at), stage)
+        sec = self.now_s  # the current event's time, whole seconds (cheaper than datetimes)
+        mk, hk = (sec - sec % 60, stage), (sec - sec % 3600, stage)
         m = self.stage_minutes.get(mk)
         if m is None:
             m = self.stage_minutes[mk] = MetricDelta()
@@ -295,7 +264,11 @@ class Batch:
         return m, h
 
     def count_request(self, at: datetime, column: int) -> None:
-        for table, bucket in ((self.request_minutes, _minute(at)), (self.request_hours, _hour(at))):
+        sec = self.now_s
+        for table, bucket in (
+            (self.request_minutes, sec - sec % 60),
+            (self.request_hours, sec - sec % 3600),
+        ):
             row = table.get(bucket)
             if row is None:
                 row = table[bucket] = [0, 0, 0]
@@ -370,7 +343,8 @@ def _stage_completed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline
     m, h = b.metric(at, ev.stage)
     m.observe(ev.duration_ms)
     h.observe(ev.duration_ms)
-    data = f'{{"duration_ms":{ev.duration_ms!r},"output":{output}}}'
+    # The output itself is on the stage row and the request; the timeline stays lean.
+    data = f'{{"duration_ms":{ev.duration_ms!r}}}'
     msg = f"{ev.stage} completed in {ev.duration_ms / 1000:.2f} s"
     return ev.stage, ev.attempt, "info", msg, data
 
@@ -520,27 +494,33 @@ FOLDED_TYPES = frozenset(_FOLDERS)
 def fold_batch(envelopes: Iterable[Envelope], known: dict[str, Known]) -> Batch:
     """Fold envelopes (log order, duplicates already removed) into row changes."""
     batch = Batch(known)
-    events = batch.events
+    append = batch.events.append
+    owners: dict[str, tuple[str | None, str | None]] = {}
     for env in envelopes:
         kind = env.WhichOneof("event")
         folder = _FOLDERS.get(kind) if kind else None
         if folder is None:  # an event type from a newer schema: skip, never crash
             batch.skipped += 1
             continue
+        batch.now_s = env.occurred_at.seconds
         at = ts(env.occurred_at)
         stage, attempt, severity, message, data = folder(batch, env, getattr(env, kind), at)
         rid = env.request_id or None
-        event_type = kind
-        if kind == "event_logged":
-            event_type = env.event_logged.event_type or kind
-        events.append(
-            EventRow(
+        if rid is None:
+            org = student = None
+        else:
+            owner = owners.get(rid)
+            if owner is None or owner[0] is None:
+                owner = owners[rid] = (batch.org_of(rid), batch.student_of(rid))
+            org, student = owner
+        append(
+            (
                 env.event_id,
                 rid,
                 env.correlation_id,
-                batch.org_of(rid) if rid else None,
-                batch.student_of(rid) if rid else None,
-                event_type,
+                org,
+                student,
+                env.event_logged.event_type or kind if kind == "event_logged" else kind,
                 stage,
                 attempt,
                 severity,

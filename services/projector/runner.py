@@ -73,9 +73,14 @@ class Projector:
         self._consumer: Consumer | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
         self.on_batch: Callable[[ProjectorStats], None] | None = None
+        self._prefetch: asyncio.Future[list[Any]] | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _fetch(self, wait_s: float) -> list[Any]:
+        assert self._consumer is not None
+        return await asyncio.to_thread(_take, self._consumer, self.batch_max, wait_s)
 
     # ------------------------------------------------------------------ set-up
     async def open(self) -> None:
@@ -89,6 +94,10 @@ class Projector:
         self._consumer = Consumer(conf)
 
     async def close(self) -> None:
+        if self._prefetch is not None:
+            with contextlib.suppress(Exception):
+                await self._prefetch
+            self._prefetch = None
         if self._consumer is not None:
             await asyncio.to_thread(self._consumer.close)
             self._consumer = None
@@ -154,7 +163,10 @@ class Projector:
     async def step(self, wait_s: float = 0.1, until: datetime | None = None) -> int:
         """Fold one batch; returns how many messages it consumed."""
         assert self._consumer is not None
-        msgs = await asyncio.to_thread(_take, self._consumer, self.batch_max, wait_s)
+        # The next batch is fetched on a thread while this one is written to Postgres.
+        pending = self._prefetch
+        msgs = await pending if pending is not None else await self._fetch(wait_s)
+        self._prefetch = asyncio.ensure_future(self._fetch(wait_s))
         records = []
         cutoff_ms = until.timestamp() * 1000 if until is not None else None
         positions = self.stats.positions

@@ -20,7 +20,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.projector.fold import EVENT_COLUMNS, Batch, Known, fold_batch
+from services.projector.fold import EVENT_COLUMNS, Batch, Known, bucket_time, fold_batch
 from vividly.events import Envelope
 
 log = logging.getLogger("vividly.projector")
@@ -28,6 +28,51 @@ log = logging.getLogger("vividly.projector")
 LIVE_SCHEMA = "vividly_read"
 NOTIFY_CHANNEL = "vividly_read_events"
 SEQ_LOCK = 0x76727371  # "vrsq"
+REQUEST_COLUMNS = (
+    "request_id",
+    "correlation_id",
+    "student_id",
+    "organization_id",
+    "topic",
+    "learning_objective",
+    "grade_level",
+    "duration_minutes",
+    "metadata",
+    "idempotency_key",
+    "status",
+    "current_stage",
+    "waiting_reason",
+    "waiting_detail",
+    "waiting_until",
+    "error_stage",
+    "error_message",
+    "error_details",
+    "outputs",
+    "attempts",
+    "retry_count",
+    "video_url",
+    "thumbnail_url",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "failed_at",
+    "updated_at",
+)
+STAGE_COLUMNS = (
+    "request_id",
+    "stage",
+    "attempt",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "output",
+    "error_message",
+    "error_details",
+    "is_retryable",
+    "due_at",
+    "input_item",
+)
 
 
 def quote_ident(name: str) -> str:
@@ -69,20 +114,6 @@ class ReadModelStore:
             f"SELECT request_id, status, organization_id, student_id FROM {s}.requests"
             " WHERE request_id = ANY($1::text[])"
         )
-        self._sql_insert_requests = f"""
-            INSERT INTO {s}.requests (request_id, correlation_id, student_id, organization_id,
-                topic, learning_objective, grade_level, duration_minutes, metadata,
-                idempotency_key, status, current_stage, waiting_reason, waiting_detail,
-                waiting_until, error_stage, error_message, error_details, outputs, attempts,
-                retry_count, video_url, thumbnail_url, created_at, started_at, completed_at,
-                failed_at, updated_at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                $6::text[], $7::text[], $8::int[], $9::jsonb[], $10::text[], $11::text[],
-                $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::text[],
-                $17::text[], $18::jsonb[], $19::jsonb[], $20::jsonb[], $21::int[], $22::text[],
-                $23::text[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[],
-                $27::timestamptz[], $28::timestamptz[])
-            ON CONFLICT (request_id) DO NOTHING"""
         # Existing rows: spec only when the batch has it; waiting/error/terminal times
         # follow the status (a status change rewrites them); maps merge; counters add.
         self._sql_update_requests = f"""
@@ -294,12 +325,17 @@ class ReadModelStore:
     async def _store(self, conn: Any, b: Batch) -> None:
         new = [d for rid, d in b.requests.items() if rid not in b.known]
         old = [d for rid, d in b.requests.items() if rid in b.known]
-        if new:
-            await conn.execute(self._sql_insert_requests, *_columns(_insert_row(d) for d in new))
+        if new:  # not in the table (looked up in this transaction): COPY
+            await conn.copy_records_to_table(
+                "requests",
+                schema_name=self.schema,
+                columns=REQUEST_COLUMNS,
+                records=[_insert_row(d) for d in new],
+            )
         if old:
             await conn.execute(self._sql_update_requests, *_columns(_update_row(d) for d in old))
         if b.stages:
-            rows = [
+            rows: list[tuple[Any, ...]] = [
                 (
                     rid,
                     stage,
@@ -317,7 +353,16 @@ class ReadModelStore:
                 )
                 for (rid, stage, attempt), d in b.stages.items()
             ]
-            await conn.execute(self._sql_stages, *_columns(rows))
+            # A request first seen in this batch has no stage rows yet: COPY those; the
+            # rest may merge with stored rows.
+            fresh = [r for r in rows if r[0] not in b.known]
+            merge = [r for r in rows if r[0] in b.known] if len(fresh) < len(rows) else []
+            if fresh:
+                await conn.copy_records_to_table(
+                    "request_stages", schema_name=self.schema, columns=STAGE_COLUMNS, records=fresh
+                )
+            if merge:
+                await conn.execute(self._sql_stages, *_columns(merge))
         for sql, metrics in (
             (self._sql_minutes, b.stage_minutes),
             (self._sql_hours, b.stage_hours),
@@ -327,7 +372,7 @@ class ReadModelStore:
                     sql,
                     [
                         (
-                            bucket,
+                            bucket_time(bucket),
                             stage,
                             m.started,
                             m.completed,
@@ -345,7 +390,7 @@ class ReadModelStore:
             (self._sql_request_hours, b.request_hours),
         ):
             if counts_by:
-                await conn.executemany(sql, [(at, *v) for at, v in counts_by.items()])
+                await conn.executemany(sql, [(bucket_time(at), *v) for at, v in counts_by.items()])
         counts = [(org, st, n) for (org, st), n in b.status_counts.items() if n]
         if counts:
             await conn.executemany(self._sql_counts, counts)
@@ -375,7 +420,7 @@ class ReadModelStore:
                 "events",
                 schema_name=self.schema,
                 columns=EVENT_COLUMNS,
-                records=[e.record() for e in b.events],
+                records=b.events,
             )
 
 
