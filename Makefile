@@ -87,6 +87,8 @@ test-unit: setup
 bench: setup
 	$(PY) -m bench.tracker
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.projector
+	$(PY) -m bench.api
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache test-artifacts

@@ -160,7 +160,9 @@ class Projector:
         return out
 
     # ------------------------------------------------------------------ the loop
-    async def step(self, wait_s: float = 0.1, until: datetime | None = None) -> int:
+    async def step(
+        self, wait_s: float = 0.1, until: datetime | None = None, since: datetime | None = None
+    ) -> int:
         """Fold one batch; returns how many messages it consumed."""
         assert self._consumer is not None
         # The next batch is fetched on a thread while this one is written to Postgres.
@@ -169,6 +171,9 @@ class Projector:
         self._prefetch = asyncio.ensure_future(self._fetch(wait_s))
         records = []
         cutoff_ms = until.timestamp() * 1000 if until is not None else None
+        # The time index can be coarser than a message (a broker may index batches), so
+        # the range is also checked message by message.
+        floor_ms = since.timestamp() * 1000 if since is not None else None
         positions = self.stats.positions
         for m in msgs:
             if m.error() is not None:
@@ -176,7 +181,9 @@ class Projector:
             topic, part, off = m.topic() or self.topic, m.partition() or 0, m.offset() or 0
             positions[part] = max(positions.get(part, 0), off + 1)
             ts_ms = m.timestamp()[1]
-            if cutoff_ms is not None and ts_ms > cutoff_ms:
+            if (cutoff_ms is not None and ts_ms > cutoff_ms) or (
+                floor_ms is not None and ts_ms < floor_ms
+            ):
                 continue
             records.append(Record(topic, part, off, m.value() or b""))
             if ts_ms > 0:
@@ -225,7 +232,11 @@ class Projector:
         return self.stats
 
     async def fold_until(
-        self, targets: dict[int, int], until: datetime | None = None, idle_s: float = 5.0
+        self,
+        targets: dict[int, int],
+        until: datetime | None = None,
+        idle_s: float = 5.0,
+        since: datetime | None = None,
     ) -> None:
         """Fold until every partition's position reaches ``targets``. With ``until``,
         messages newer than it are left out. Stops after ``idle_s`` with nothing read
@@ -234,7 +245,7 @@ class Projector:
         while any(self.stats.positions.get(p, 0) < high for p, high in targets.items()):
             if self._stop.is_set():
                 return
-            n = await self.step(wait_s=0.2, until=until)
+            n = await self.step(wait_s=0.2, until=until, since=since)
             if n:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_s:
@@ -244,7 +255,7 @@ class Projector:
         # the log is quiet (bounded, for a log that never is).
         deadline = time.monotonic() + idle_s
         while time.monotonic() < deadline and not self._stop.is_set():
-            if not await self.step(wait_s=0.25, until=until):
+            if not await self.step(wait_s=0.25, until=until, since=since):
                 return
 
 
@@ -342,7 +353,7 @@ async def replay(
         total = sum(max(0, targets[p] - proj.stats.positions.get(p, 0)) for p in targets)
         if progress is not None:
             proj.on_batch = lambda s: progress(s.consumed, total)
-        await proj.fold_until(targets, until=until)
+        await proj.fold_until(targets, until=until, since=since)
         return {"schema": schema, "events": proj.stats.folded, "consumed": proj.stats.consumed}
     finally:
         await proj.close()

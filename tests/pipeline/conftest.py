@@ -29,6 +29,7 @@ from vividly.submit import submit_request
 from vividly.tracker import RequestTracker
 
 PIPELINE_BROKER = os.environ.get("VIVIDLY_PIPELINE_BROKER", "apache")
+API_SECRET = "pipeline-" + uuid.uuid4().hex
 
 FAST_ENV = {
     "VIVIDLY_BREAKER_FAIL_MAX": "3",
@@ -178,13 +179,15 @@ def harness(
         home,
         PipelinePorts.free(),
         video_job_seconds=0.5,
-        extra_env=dict(FAST_ENV),
+        extra_env={**FAST_ENV, "VIVIDLY_JWT_SECRET": API_SECRET},
     )
     log = EventLog(broker.bootstrap)
     try:
         pipeline.start_emulators()
         load_corpus_sync(url, pipeline.gemini_url)
         pipeline.start_services()
+        pipeline.start_service("projector")
+        pipeline.start_service("api")
         h = Harness(pipeline, settings, log)
         yield h
         h.publisher.close(5)

@@ -289,3 +289,89 @@ def test_sigkill_a_stage_service_mid_flight_every_request_completes_once(
         assert all(n == 1 for n in completions.values()), (rid, completions)
         assert h.log.kinds(rid).count("request_completed") == 1
         assert len(h.emails_for(rid)) == 1, rid
+
+
+def test_read_model_matches_the_log_and_an_api_retry_completes_a_failed_request(
+    harness: Harness,
+) -> None:
+    """Runs last: every request the scenarios above put through the pipeline is in the
+    read model as the log says, stage attempt by stage attempt; then the request that
+    failed at video_generation is retried through the API and completes."""
+    import httpx
+
+    from tests.pipeline.conftest import API_SECRET
+    from vividly.auth import mint
+
+    h = harness
+    api = httpx.Client(
+        base_url=h.pipeline.api_url,
+        headers={"Authorization": f"Bearer {mint(API_SECRET, role='admin', sub='sre-1')}"},
+        timeout=15,
+    )
+    with h.log.lock:
+        rids = [r for r in h.log.by_request if h.log.outcome(r)]
+    assert len(rids) >= 60
+    expected = {r: str(h.log.outcome(r)) for r in rids}
+
+    def folded() -> bool:
+        for rid in rids:
+            r = api.get(f"/api/v1/monitoring/requests/{rid}")
+            if r.status_code != 200 or r.json()["status"] != expected[rid].removeprefix("request_"):
+                return False
+        return True
+
+    h.log.wait_for(folded, 60, "the read model to fold every request")
+    for rid in rids:
+        detail = api.get(f"/api/v1/monitoring/requests/{rid}").json()
+        last: dict[tuple[str, int], str] = {}
+        for e in h.log.events(rid):
+            kind = e.WhichOneof("event")
+            if kind in ("stage_started", "stage_completed", "stage_failed"):
+                ev = getattr(e, kind)
+                last[(ev.stage, ev.attempt)] = kind.removeprefix("stage_").replace(
+                    "started", "running"
+                )
+        stages = {
+            (s["stage"], s["attempt"]): s["status"]
+            for s in detail["stages"]
+            if s["status"] != "scheduled"
+        }
+        assert stages == last, rid
+        timeline = api.get(f"/api/v1/monitoring/requests/{rid}/events", params={"limit": 1000})
+        assert len(timeline.json()["items"]) == len(h.log.events(rid)), rid
+
+    failed = [
+        r
+        for r in rids
+        if any(
+            e.WhichOneof("event") == "request_failed"
+            and e.request_failed.error_stage == "video_generation"
+            for e in h.log.events(r)
+        )
+    ]
+    assert failed, "the exhausted-retries scenario left a request failed at video_generation"
+    rid = failed[0]
+    emails_before = [m["X-Vividly-Template"] for m in h.emails_for(rid)]
+    r = api.post(f"/api/v1/requests/{rid}/retry")
+    assert r.status_code == 202, r.text
+    assert r.json()["stage"] == "video_generation"
+    assert r.json()["attempt"] == 4
+    h.log.wait_for(lambda: h.log.outcome(rid) == "request_completed", 120, "the retried request")
+    h.log.wait_for(
+        lambda: api.get(f"/api/v1/monitoring/requests/{rid}").json()["status"] == "completed",
+        30,
+        "the read model to show it completed",
+    )
+    detail = api.get(f"/api/v1/monitoring/requests/{rid}").json()
+    assert detail["retry_count"] == 1
+    assert ("video_generation", 4, "completed") in {
+        (s["stage"], s["attempt"], s["status"]) for s in detail["stages"]
+    }
+    retried = [e for e in h.log.events(rid) if e.WhichOneof("event") == "request_retried"]
+    assert retried[0].request_retried.requested_by == "api:admin:sre-1"
+    h.log.wait_for(
+        lambda: "content_ready" in [m["X-Vividly-Template"] for m in h.emails_for(rid)],
+        30,
+        "the content-ready email after the retry",
+    )
+    assert emails_before == ["error"]

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from prometheus_client import Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.projector.api.deps import AppState
 from services.projector.api.routes import health, monitoring, requests
@@ -40,6 +41,36 @@ API_LATENCY = Histogram(
 )
 
 
+class RouteTiming:
+    """Latency per route template, as plain ASGI middleware: it only wraps ``send`` to see
+    the status, so streaming responses pass through untouched (Starlette's
+    BaseHTTPMiddleware would relay every SSE chunk through an extra stream)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].endswith("/stream"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            API_LATENCY.labels(scope["method"], path, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             {t: settings.topic_partitions for t in (*STAGE_TOPICS, TRACKING_TOPIC)},
         )
         pool = await asyncpg.create_pool(url, min_size=2, max_size=settings.api_db_pool_size)
-        hub = Hub(url, pool)
+        hub = Hub(url, pool, settings.sse_heartbeat_s)
         await hub.start()
         publisher = KafkaPublisher(settings, "api")
         tracker = RequestTracker.from_settings(settings, publisher)
@@ -83,20 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         # pasted into it.
         return HTMLResponse(DASHBOARD.read_text())
 
-    @app.middleware("http")
-    async def timing(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        if not path.endswith("/stream"):
-            API_LATENCY.labels(request.method, path, str(response.status_code)).observe(
-                time.perf_counter() - started
-            )
-        return response
-
+    app.add_middleware(RouteTiming)
     return app
 
 

@@ -29,7 +29,8 @@ log = logging.getLogger("vividly.api.stream")
 S = quote_ident(LIVE_SCHEMA)
 _COLUMNS = (
     "seq, event_id::text AS event_id, request_id, correlation_id, organization_id, student_id,"
-    " event_type, stage, attempt, severity, message, data::text AS data, producer, occurred_at"
+    " event_type, stage, attempt, severity, message, data::text AS data, producer, occurred_at,"
+    " folded_at"
 )
 
 
@@ -46,7 +47,7 @@ def frame_of(row: Any) -> Frame:
     body = (
         b'{"seq":%d,"event_id":%b,"request_id":%b,"correlation_id":%b,"organization_id":%b,'
         b'"event_type":%b,"stage":%b,"attempt":%b,"severity":%b,"message":%b,"producer":%b,'
-        b'"occurred_at":%b,"data":%b}'
+        b'"occurred_at":%b,"folded_at":%b,"data":%b}'
         % (
             row["seq"],
             orjson.dumps(row["event_id"]),
@@ -60,11 +61,16 @@ def frame_of(row: Any) -> Frame:
             orjson.dumps(row["message"]),
             orjson.dumps(row["producer"]),
             orjson.dumps(row["occurred_at"].isoformat()),
+            orjson.dumps(row["folded_at"].isoformat()),
             row["data"].encode(),
         )
     )
     text = f"id: {row['seq']}\nevent: {row['event_type']}\ndata: {body.decode()}\n\n"
     return Frame(row["seq"], row["request_id"], row["organization_id"], row["student_id"], text)
+
+
+#: Put into an idle subscriber's queue by the hub's timer: send a keep-alive comment.
+HEARTBEAT = Frame(-1, None, None, None, ": heartbeat\n\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +110,10 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, database_url: str, pool: Any) -> None:
+    def __init__(self, database_url: str, pool: Any, heartbeat_s: float = 15.0) -> None:
         self.database_url = database_url
+        self.heartbeat_s = heartbeat_s
+        self._ticker: asyncio.Task[None] | None = None
         self.pool = pool
         self.subscribers: set[Subscriber] = set()
         self.last_seq = 0
@@ -121,17 +129,28 @@ class Hub:
         self.last_seq = await self._conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {S}.events")
         self.listening = True
         self._task = asyncio.create_task(self._pump(), name="sse-hub")
+        self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
 
     async def stop(self) -> None:
         self.listening = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for sub in list(self.subscribers):
             sub.queue.put_nowait(None)
         if self._conn is not None:
             await self._conn.close()
+
+    async def _tick(self) -> None:
+        """One timer for every client: a heartbeat into each queue with nothing in it
+        (cheaper than a timeout per client per wait)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            for sub in list(self.subscribers):
+                if sub.queue.empty():
+                    sub.queue.put_nowait(HEARTBEAT)
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self._wake.set()
@@ -177,7 +196,6 @@ class Hub:
         self,
         flt: StreamFilter,
         last_event_id: int | None,
-        heartbeat_s: float,
         disconnected: Any,
     ) -> AsyncIterator[str]:
         """SSE frames for one client, from after ``last_event_id`` (else from now)."""
@@ -190,21 +208,29 @@ class Hub:
                 async for old in self._backfill(flt, last_event_id):
                     yield old.text
                     sent = old.seq
+            queue = sub.queue
             while True:
-                try:
-                    frame: Frame | None = await asyncio.wait_for(sub.queue.get(), heartbeat_s)
-                except TimeoutError:
-                    if await disconnected():
+                first = await queue.get()  # a frame, a heartbeat tick, or None (end)
+                # Whatever else is queued goes out in the same write.
+                batch = [first]
+                while batch[-1] is not None and not queue.empty():
+                    batch.append(queue.get_nowait())
+                chunk: list[str] = []
+                for frame in batch:
+                    if frame is None:  # cut off (too slow) or shutting down: client resumes
+                        if chunk:
+                            yield "".join(chunk)
                         return
-                    yield ": heartbeat\n\n"
-                    continue
-                if frame is None:  # cut off (too slow) or shutting down: client resumes
-                    return
-                if frame.seq <= sent:
-                    continue
-                sent = frame.seq
-                self.frames_sent += 1
-                yield frame.text
+                    if frame is HEARTBEAT:
+                        if not chunk and await disconnected():
+                            return
+                        chunk.append(": heartbeat\n\n")
+                    elif frame.seq > sent:
+                        sent = frame.seq
+                        chunk.append(frame.text)
+                if chunk:
+                    self.frames_sent += len(chunk)
+                    yield "".join(chunk)
         finally:
             self.subscribers.discard(sub)
 

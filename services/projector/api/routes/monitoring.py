@@ -120,7 +120,7 @@ async def stream(
                 [{"loc": ["header", "Last-Event-ID"], "msg": "must be an integer", "type": "int"}],
             ) from exc
     flt = StreamFilter(who, request_id=request_id, organization_id=organization_id)
-    frames = state.hub.stream(flt, resume, state.settings.sse_heartbeat_s, request.is_disconnected)
+    frames = state.hub.stream(flt, resume, request.is_disconnected)
     return StreamingResponse(
         frames,
         media_type="text/event-stream",
