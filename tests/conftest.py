@@ -88,6 +88,27 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pg.stop()
 
 
+def fresh_database(postgres_url: str, prefix: str = "t") -> str:
+    """A new empty database on the session's Postgres; its URL. Tests that use the live
+    read-model schema (vividly_read) take one, so folds of different brokers' logs never
+    meet in one schema."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]

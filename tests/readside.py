@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.conftest import BrokerPool
+from tests.conftest import BrokerPool, fresh_database
 from vividly.auth import mint
 from vividly.config import Settings
 from vividly.events import WorkItem
@@ -69,7 +69,7 @@ def side(
     home = tmp_path_factory.mktemp("readside")
     pipeline = Pipeline(
         broker.bootstrap,
-        postgres,
+        fresh_database(postgres, "readside"),
         home,
         PipelinePorts.free(),
         extra_env={

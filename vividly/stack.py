@@ -309,8 +309,8 @@ class ApacheKafkaBroker:
                     cp,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    self.cluster_id,
+                    # One argument: a cluster id may begin with "-" (base64url).
+                    f"--cluster-id={self.cluster_id}",
                     "-c",
                     str(conf),
                     "--ignore-formatted",

@@ -15,7 +15,7 @@ import jwt
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Broker
+from tests.conftest import Broker, fresh_database
 from tests.integration.test_projector import publish_mix
 from tests.integration.test_tracker_events import FULL_RUN
 from vividly.bus import ensure_topics
@@ -27,13 +27,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def env(broker: Broker, postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def database(postgres: str) -> str:
+    return fresh_database(postgres, "cli")
+
+
+@pytest.fixture
+def env(broker: Broker, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VIVIDLY_KAFKA_BOOTSTRAP", broker.bootstrap)
-    monkeypatch.setenv("VIVIDLY_DATABASE_URL", postgres)
+    monkeypatch.setenv("VIVIDLY_DATABASE_URL", database)
     monkeypatch.setenv("VIVIDLY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("VIVIDLY_TOPIC_PARTITIONS", "3")
     ensure_topics(broker.settings(), {TRACKING_TOPIC: 3})
-    asyncio.run(migrate(postgres))
+    asyncio.run(migrate(database))
     return tmp_path
 
 
@@ -118,7 +123,7 @@ def test_export_writes_the_same_events_as_jsonl_csv_and_parquet(
     assert "needs --output" in capsys.readouterr().err
 
 
-def test_replay_and_rebuild_commands(env: Path, broker: Broker, postgres: str) -> None:
+def test_replay_and_rebuild_commands(env: Path, broker: Broker, database: str) -> None:
     since = datetime.now(UTC).isoformat()
     time.sleep(0.05)
     rids = publish_mix(broker.settings(), TRACKING_TOPIC, 2)
@@ -127,7 +132,7 @@ def test_replay_and_rebuild_commands(env: Path, broker: Broker, postgres: str) -
     assert main(["projector", "rebuild"]) == 0
 
     async def check() -> None:
-        conn = await asyncpg.connect(postgres)
+        conn = await asyncpg.connect(database)
         try:
             got = {r[0] for r in await conn.fetch(f"SELECT request_id FROM {schema}.requests")}
             assert got == set(rids)
