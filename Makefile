@@ -10,6 +10,8 @@ KAFKA_LIBS := .cache/kafka-libs
 VENV_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 SYSTEM_STAMP := .cache/.system-packages
+# The Compose specification's JSON schema, from the docker-compose wheel on PyPI (pinned).
+COMPOSE_SCHEMA := .cache/compose_spec.json
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-packages run test test-unit test-integration lint format proto \
@@ -21,19 +23,20 @@ help:
 	@echo "make setup  - virtualenv, Python packages, Apache Kafka jars (idempotent)"
 	@echo "make lint | format | proto | proto-check | bench | clean"
 
-setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP)
+setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(COMPOSE_SCHEMA)
 
 # Java and Maven resolve and run the reference Apache Kafka broker; ffmpeg renders the
 # emulated videos and makes thumbnails; fonts for the rendered titles; Chromium runs the
-# dashboard's browser tests (driven by Playwright with executable_path).
+# dashboard's browser tests (driven by Playwright with executable_path); Prometheus
+# (promtool checks the config and alert rules; the real server reads the local stack).
 $(SYSTEM_STAMP):
 	@mkdir -p .cache
 	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null \
 	    || ! command -v ffmpeg >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] \
-	    || ! command -v chromium >/dev/null; then \
-	  echo "installing Java, Maven, ffmpeg, fonts and Chromium from Debian"; \
+	    || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing Java, Maven, ffmpeg, fonts, Chromium and Prometheus from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core chromium >/dev/null; \
+	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core chromium prometheus >/dev/null; \
 	fi
 	@touch $@
 
@@ -49,13 +52,20 @@ $(KAFKA_STAMP): deploy/kafka/pom.xml | $(SYSTEM_STAMP)
 	  -DoutputDirectory=$(abspath $(KAFKA_LIBS))
 	@touch $@
 
+$(COMPOSE_SCHEMA): | $(VENV_STAMP)
+	@mkdir -p .cache/wheels
+	$(PY) -m pip download -q --no-deps --dest .cache/wheels docker-compose==1.29.2
+	$(PY) -c "import zipfile,sys; z=zipfile.ZipFile('.cache/wheels/docker_compose-1.29.2-py2.py3-none-any.whl'); open('$@','wb').write(z.read('compose/config/compose_spec.json'))"
+
 run: setup
 	$(VENV)/bin/vividly up
 
-lint: $(VENV_STAMP)
+lint: $(VENV_STAMP) $(SYSTEM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 format: $(VENV_STAMP)
 	$(VENV)/bin/ruff format .

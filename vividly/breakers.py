@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pybreaker
 from pybreaker import CircuitBreaker, CircuitBreakerError
 
+from vividly import metrics
 from vividly.tracker import RequestTracker
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "retry_at",
     "smtp_breaker",
 ]
+
 
 log = logging.getLogger("vividly.breakers")
 T = TypeVar("T")
@@ -70,9 +72,11 @@ class _Counters(pybreaker.CircuitBreakerListener):
 
     def before_call(self, cb: CircuitBreaker, func: Any, *args: Any, **kwargs: Any) -> None:
         self.total_calls += 1
+        metrics.breaker_calls.labels(str(cb.name)).inc()
 
     def failure(self, cb: CircuitBreaker, exc: BaseException) -> None:
         self.total_failures += 1
+        metrics.breaker_failures.labels(str(cb.name)).inc()
 
     def state_change(self, cb: CircuitBreaker, old_state: Any, new_state: Any) -> None:
         old = old_state.name if old_state is not None else "closed"

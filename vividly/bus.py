@@ -39,6 +39,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
+from vividly import metrics
 from vividly.config import DLQ_TOPIC, Settings
 from vividly.events import (
     H_CORRELATION,
@@ -164,6 +165,14 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
         "max.poll.interval.ms": 300_000,
         "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+        **(
+            {
+                "statistics.interval.ms": settings.kafka_stats_interval_ms,
+                "stats_cb": metrics.record_kafka_stats,
+            }
+            if settings.kafka_stats_interval_ms
+            else {}
+        ),
     }
 
 
@@ -216,6 +225,7 @@ class ConsumerLoop:
         conf["logger"] = logging.getLogger("librdkafka")
         self._consumer_conf = conf
         self.stats = LoopStats()
+        self._in_flight_gauge = metrics.items_in_flight.labels(name)
         self._partitions: dict[tuple[str, int], _PartitionState] = {}
         self._key_tails: dict[bytes, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -311,10 +321,12 @@ class ConsumerLoop:
         if key:
             self._key_tails[key] = task
         task.add_done_callback(functools.partial(self._forget, key=key))
+        self._in_flight_gauge.set(len(self._tasks))
 
     def _forget(self, task: asyncio.Task[None], *, key: bytes) -> None:
         self._tasks.discard(task)
         self.stats.in_flight = len(self._tasks)
+        self._in_flight_gauge.set(len(self._tasks))
         if key and self._key_tails.get(key) is task:
             del self._key_tails[key]
         if not task.cancelled() and task.exception() is not None and self._fatal is None:
@@ -461,6 +473,7 @@ class ConsumerLoop:
         self, msg: Message, headers: MessageHeaders, reason: str, detail: str
     ) -> None:
         self.stats.dead_lettered += 1
+        metrics.dlq_messages.labels("none", reason).inc()
         log.error(
             "dead-lettering message",
             extra={

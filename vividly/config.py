@@ -34,6 +34,17 @@ STAGE_TOPICS: tuple[str, ...] = (
 )
 SUBMITTED, VALIDATED, RETRIEVED, SCRIPTED, RENDERED = STAGE_TOPICS
 
+#: How long one item may reasonably spend in each stage (seconds): the bound of the
+#: "request stuck in a stage" alert, exported as vividly_stage_expected_seconds.
+STAGE_EXPECTED_S: dict[str, float] = {
+    "validation": 30,
+    "rag_retrieval": 60,
+    "script_generation": 180,
+    "video_generation": 900,
+    "video_processing": 300,
+    "notification": 60,
+}
+
 #: The topic each stage's work items arrive on (a retry republishes there).
 STAGE_INPUT_TOPICS: dict[str, str] = {
     "validation": SUBMITTED,
@@ -159,6 +170,15 @@ class Settings(BaseSettings):
     api_db_pool_size: int = Field(default=10, ge=1)
     max_manual_retries: int = Field(
         default=3, ge=0, description="Retries a person may ask for per request."
+    )
+
+    # --- metrics -----------------------------------------------------------------------
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve /metrics here (0: not served)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics binds to.")
+    kafka_stats_interval_ms: int = Field(
+        default=5000, ge=0, description="librdkafka statistics (consumer lag) interval; 0 off."
     )
 
     # --- logging -----------------------------------------------------------------------

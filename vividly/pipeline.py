@@ -50,6 +50,7 @@ class Pipeline:
     video_job_seconds: float = 2.0
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Managed] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def mail_dir(self) -> Path:
@@ -88,12 +89,19 @@ class Pipeline:
         env.update(self.extra_env)
         return env
 
-    def _python(self, name: str, args: list[str], port: int | None) -> Managed:
+    def _python(
+        self,
+        name: str,
+        args: list[str],
+        port: int | None,
+        env: dict[str, str] | None = None,
+        url: str = "",
+    ) -> Managed:
         log = self.home / "logs" / f"{name}.log"
-        proc = _spawn([sys.executable, *args], log, cwd=ROOT, env=self.env())
+        proc = _spawn([sys.executable, *args], log, cwd=ROOT, env={**self.env(), **(env or {})})
         if port is not None:
             wait_for_port(port, proc, name, log, 60)
-        url = f"127.0.0.1:{port}" if port else ""
+        url = url or (f"127.0.0.1:{port}" if port else "")
         managed = Managed(name, proc, url, log)
         self.procs[name] = managed
         return managed
@@ -144,10 +152,24 @@ class Pipeline:
             return self._python(name, ["-m", _MODULES[name]], self.ports.api if wait else None)
         log = self.home / "logs" / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0
-        managed = self._python(name, ["-m", _MODULES[name]], None)
+        # Each service serves /metrics on a port of its own.
+        port = self.metrics_ports.setdefault(name, free_port())
+        managed = self._python(
+            name,
+            ["-m", _MODULES[name]],
+            None,
+            env={"VIVIDLY_METRICS_PORT": str(port)},
+            url=f"http://127.0.0.1:{port}/metrics",
+        )
         if wait:
             wait_for_log(log, offset, "partitions assigned", managed, timeout)
         return managed
+
+    def metrics_url(self, name: str) -> str:
+        """Where a running service serves Prometheus metrics."""
+        if name == "api":
+            return f"{self.api_url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     @property
     def api_url(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from vividly import metrics
 from vividly.config import Settings
 
 log = logging.getLogger("vividly.publish")
@@ -168,6 +169,7 @@ class KafkaPublisher:
         self.failures: collections.deque[FailedDelivery] = collections.deque(
             maxlen=max_failures_kept
         )
+        self._published_by_topic: dict[str, Any] = {}
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._serve, name=f"{client_id}-dr", daemon=True)
         self._poller.start()
@@ -209,6 +211,10 @@ class KafkaPublisher:
                 self._settle(seq, str(exc))
                 raise PublishError(f"cannot publish to {topic}: {exc}") from exc
         self.published += 1
+        counter = self._published_by_topic.get(topic)
+        if counter is None:
+            counter = self._published_by_topic[topic] = metrics.events_published.labels(topic)
+        counter.inc()
         return seq
 
     def delivered_through(self) -> int:
@@ -269,6 +275,7 @@ class KafkaPublisher:
             self.delivered += 1
         else:
             self.failed += 1
+            metrics.publish_failures.labels(topic or "unknown").inc()
             self.failures.append(FailedDelivery(topic, key, error))
             log.error(
                 "delivery failed",

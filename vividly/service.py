@@ -19,7 +19,7 @@ from vividly.config import DLQ_TOPIC, RENDERED, Settings
 from vividly.events import WorkItem
 from vividly.ledger import create_pool
 from vividly.logs import configure_logging
-from vividly.metrics import install_breaker_metrics
+from vividly.metrics import install_breaker_metrics, serve_metrics
 from vividly.publish import KafkaPublisher
 from vividly.tracker import RequestTracker
 
@@ -59,6 +59,7 @@ async def serve(
     configure_breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s)
     publish_breaker_events(tracker)
     install_breaker_metrics()
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     pool = await create_pool(settings.effective_database_url(), size=8)
     deps = Deps(settings, tracker, publisher, pool)
     try:

@@ -31,9 +31,10 @@ from typing import Any, Protocol
 import orjson
 from pybreaker import CircuitBreaker
 
+from vividly import metrics
 from vividly.breakers import CircuitOpen, retry_at
 from vividly.bus import Delivery, Outgoing, RetryableError
-from vividly.config import DLQ_TOPIC, RENDERED, STAGES, Settings
+from vividly.config import DLQ_TOPIC, RENDERED, STAGE_EXPECTED_S, STAGES, Settings
 from vividly.events import H_CORRELATION, H_TRACEPARENT, H_TYPE, WorkItem
 from vividly.tracker import RequestTracker
 
@@ -167,6 +168,10 @@ class StageRunner:
         self.dlq_topic = dlq_topic
         self.on_done = on_done
         self.rng = rng or random.Random()
+        self._oldest = {
+            s.name: metrics.OldestInFlight(s.name, STAGE_EXPECTED_S.get(s.name, 300.0))
+            for s in self.stages
+        }
 
     # -- the loop's gate: take no new input while one of our breakers is open -----------
     def accepting(self) -> bool:
@@ -206,14 +211,25 @@ class StageRunner:
         ctx = StageContext(self.tracker, item, stage.name, attempt)
         self.tracker.start_stage(rid, stage.name, attempt=attempt)
         started = time.perf_counter()
-        while True:
-            try:
-                output = await stage.work(item, ctx)
-                break
-            except CircuitOpen as exc:
-                await self._hold(rid, stage, exc)
-            except Exception as exc:
-                return self._failed(stage, item, attempt, exc, started)
+        watch = self._oldest[stage.name]
+        token = watch.begin()
+        try:
+            while True:
+                try:
+                    output = await stage.work(item, ctx)
+                    break
+                except CircuitOpen as exc:
+                    await self._hold(rid, stage, exc)
+                except Exception as exc:
+                    metrics.stage_duration.labels(stage.name, "failed").observe(
+                        time.perf_counter() - started
+                    )
+                    return self._failed(stage, item, attempt, exc, started)
+        finally:
+            watch.end(token)
+        metrics.stage_duration.labels(stage.name, "completed").observe(
+            time.perf_counter() - started
+        )
         raw = orjson.dumps(output)
         first, stored = await self.ledger.record_completion(rid, stage.name, attempt, raw)
         if first:
@@ -271,6 +287,7 @@ class StageRunner:
             delay = self._backoff(attempt)
             due = time.time() + delay
             self.tracker.schedule_retry(rid, stage.name, attempt + 1, due, message)
+            metrics.retries_scheduled.labels(stage.name).inc()
             retry = WorkItem()
             retry.CopyFrom(item)
             retry.stage = stage.name
@@ -280,6 +297,7 @@ class StageRunner:
             return _Outcome(outgoing=[out])
         reason = "retries_exhausted" if retryable else "non_retryable"
         self.tracker.fail_request(rid, message, stage.name, {**details, "reason": reason})
+        metrics.dlq_messages.labels(stage.name, reason).inc()
         dead = self._outgoing(self.dlq_topic, item)
         dead.headers.extend(
             [

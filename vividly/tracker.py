@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import orjson
 import uuid_utils
 
+from vividly import metrics
 from vividly.config import STAGES, TRACKING_TOPIC, Settings
 from vividly.events import (
     ENVELOPE_TYPE,
@@ -214,6 +215,7 @@ class RequestTracker:
         ev.thumbnail_url = thumbnail_url or ""
         ev.SetInParent()
         self._send(env, "request_completed")
+        metrics.requests_finished.labels("completed").inc()
 
     def fail_request(
         self,
@@ -234,6 +236,7 @@ class RequestTracker:
         ev.error_details_json = details
         ev.SetInParent()
         self._send(env, "request_failed")
+        metrics.requests_finished.labels("failed").inc()
 
     # ------------------------------------------------------------------ stages
     def start_stage(self, request_id: str, stage_name: str, *, attempt: int | None = None) -> None:

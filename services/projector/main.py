@@ -11,6 +11,7 @@ from services.projector.runner import Projector
 from vividly.config import TRACKING_TOPIC, Settings
 from vividly.db import migrate
 from vividly.logs import configure_logging
+from vividly.metrics import serve_metrics
 
 
 async def serve(settings: Settings) -> None:
@@ -19,6 +20,7 @@ async def serve(settings: Settings) -> None:
     url = settings.effective_database_url()
     await migrate(url)
     await asyncio.to_thread(ensure_topics, settings, {TRACKING_TOPIC: settings.topic_partitions})
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     await Projector(settings, url, batch_max=settings.projector_batch_max).run()
 
 

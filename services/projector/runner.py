@@ -26,6 +26,7 @@ import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.projector.store import LIVE_SCHEMA, ReadModelStore, Record, quote_ident
+from vividly import metrics
 from vividly.bus import _take, consumer_config
 from vividly.config import TRACKING_TOPIC, Settings
 
@@ -189,11 +190,22 @@ class Projector:
             if ts_ms > 0:
                 self.stats.newest_event_at = max(self.stats.newest_event_at, ts_ms / 1000)
         if not records:
+            if self.group_id and not msgs:
+                metrics.projector_lag.labels(self.store.schema).set(0.0)
             return len(msgs)
         conn = self._conn
+        began = time.perf_counter()
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
             result = await self.store.write(conn, records)
+        if self.group_id:  # the live projector's figures, not a rebuild's or a replay's
+            schema = self.store.schema
+            metrics.projector_batch.labels(schema).observe(time.perf_counter() - began)
+            metrics.projector_folded.labels(schema).inc(result.folded)
+            # Behind by the age of the newest event folded, while a backlog remains.
+            backlog = len(msgs) >= self.batch_max
+            lag = time.time() - self.stats.newest_event_at if backlog else 0.0
+            metrics.projector_lag.labels(schema).set(max(0.0, lag))
         s = self.stats
         s.batches += 1
         s.consumed += result.consumed

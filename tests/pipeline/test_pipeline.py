@@ -10,6 +10,7 @@ import functools
 import signal
 import time
 import urllib.request
+from typing import Any
 
 import orjson
 import pytest
@@ -289,6 +290,202 @@ def test_sigkill_a_stage_service_mid_flight_every_request_completes_once(
         assert all(n == 1 for n in completions.values()), (rid, completions)
         assert h.log.kinds(rid).count("request_completed") == 1
         assert len(h.emails_for(rid)) == 1, rid
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sum over series of ``name`` whose labels include ``labels`` (0 when none)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def test_every_service_serves_metrics_that_move_when_work_flows(harness: Harness) -> None:
+    h = harness
+    names = ("ingest", "rag", "script", "video", "notify", "projector")
+    before = {n: scrape(h.pipeline.metrics_url(n)) for n in names}
+    rids = [h.submit(topic=t) for t in TOPICS[:3]]
+    h.flush()
+    assert set(h.log.wait_outcomes(rids, 120).values()) == {"request_completed"}
+    # One request that exhausts its retries at video_generation: retries and a DLQ entry.
+    h.pipeline.set_knobs("video", job_fail_rate=1.0)
+    bad = h.submit(topic="Volcanoes")
+    h.flush()
+    assert h.log.wait_outcomes([bad], 120)[bad] == "request_failed"
+    time.sleep(1.5)  # a stats interval and a fold
+    after = {n: scrape(h.pipeline.metrics_url(n)) for n in names}
+
+    def moved(service: str, name: str, by: float = 1, **labels: str) -> None:
+        delta = metric(after[service], name, **labels) - metric(before[service], name, **labels)
+        assert delta >= by, f"{service}: {name}{labels} moved by {delta}, expected >= {by}"
+
+    count = "vividly_stage_duration_seconds_count"
+    moved("ingest", count, 4, stage="validation", outcome="completed")
+    moved("rag", count, 4, stage="rag_retrieval", outcome="completed")
+    moved("script", count, 4, stage="script_generation", outcome="completed")
+    moved("video", count, 3, stage="video_processing", outcome="completed")
+    moved("video", count, 3, stage="video_generation", outcome="failed")
+    moved("notify", count, 3, stage="notification", outcome="completed")
+    moved("notify", "vividly_requests_finished_total", 3, status="completed")
+    moved("video", "vividly_requests_finished_total", 1, status="failed")
+    moved("video", "vividly_retries_scheduled_total", 2, stage="video_generation")
+    moved(
+        "video",
+        "vividly_dlq_messages_total",
+        1,
+        stage="video_generation",
+        reason="retries_exhausted",
+    )
+    moved("video", "vividly_breaker_calls_total", 4, breaker="nano_banana")
+    # A failed job is an answer, not an outage: the breaker counts the calls, no failures.
+    assert metric(after["video"], "vividly_breaker_failures_total", breaker="nano_banana") == (
+        metric(before["video"], "vividly_breaker_failures_total", breaker="nano_banana")
+    )
+    for service in ("ingest", "rag", "script", "video", "notify"):
+        moved(service, "vividly_events_published_total", 1, topic="tracking.events")
+        assert metric(after[service], "vividly_publish_failures_total") == 0
+        assert ("vividly_items_in_flight", (("service", service),)) in after[service]
+        assert any(n == "vividly_consumer_lag_messages" for n, _ in after[service]), service
+    assert metric(after["video"], "vividly_stage_expected_seconds", stage="video_generation") == 900
+    assert ("vividly_breaker_state", (("breaker", "nano_banana"),)) in after["video"]
+    moved("projector", "vividly_projector_events_folded_total", 60)
+    assert ("vividly_projector_lag_seconds", (("schema", "vividly_read"),)) in after["projector"]
+    assert not any(n.startswith("vividly_projector") for n, _ in after["ingest"])
+    moved("projector", "vividly_projector_batch_seconds_count", 1)
+    # The API times its routes by template (no request ids in labels).
+    from tests.pipeline.conftest import API_SECRET
+    from vividly.auth import mint
+
+    token = mint(API_SECRET, role="admin", sub="sre")
+    req = urllib.request.Request(
+        f"{h.pipeline.api_url}/api/v1/monitoring/requests/{rids[0]}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    urllib.request.urlopen(req, timeout=10).read()
+
+    def timed() -> bool:  # observed once the response has gone out
+        got = metric(
+            scrape(h.pipeline.metrics_url("api")),
+            "vividly_api_request_duration_seconds_count",
+            route="/api/v1/monitoring/requests/{request_id}",
+            status="200",
+        )
+        return got >= 1
+
+    h.log.wait_for(timed, 10, "the API to time the route")
+    api = scrape(h.pipeline.metrics_url("api"))
+    assert not any(rids[0] in str(labels) for _, labels in api)
+
+
+def test_prometheus_scrapes_the_stack_with_our_config_and_rules(
+    harness: Harness, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Debian's real Prometheus, with deploy/prometheus's rules and its jobs pointed at
+    this stack's processes; a series read back through its HTTP API."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+    from urllib.parse import quote
+
+    import yaml
+
+    from vividly.stack import free_port, stop_pid
+
+    h = harness
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Debian's prometheus is not installed: run `make setup`")
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+    config = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"stage-services", "projector", "api"}
+    members = {
+        "stage-services": ["ingest", "rag", "script", "video", "notify"],
+        "projector": ["projector"],
+        "api": ["api"],
+    }
+    for job_name, job in jobs.items():  # same jobs, static targets instead of DNS
+        job.pop("dns_sd_configs")
+        job["relabel_configs"] = []
+        job["scrape_interval"] = "1s"
+        job["static_configs"] = [
+            {
+                "targets": [h.pipeline.metrics_url(m).split("/")[2]],
+                "labels": {"service": m},
+            }
+            for m in members[job_name]
+        ]
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(deploy / "alerts.yml")]
+    work = tmp_path_factory.mktemp("prometheus")
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (work / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(base + path, timeout=5) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+
+    try:
+
+        def series() -> list[dict[str, Any]]:
+            try:
+                q = quote("sum by (service) (vividly_stage_duration_seconds_count)")
+                result: list[dict[str, Any]] = get(f"/api/v1/query?query={q}")["data"]["result"]
+                return result
+            except OSError:
+                return []
+
+        h.log.wait_for(lambda: len(series()) >= 5, 60, "Prometheus to scrape the services")
+        got = {r["metric"]["service"]: float(r["value"][1]) for r in series()}
+        assert set(got) >= {"ingest", "rag", "script", "video", "notify"}
+        assert all(v > 0 for v in got.values())
+        targets = get("/api/v1/targets")["data"]["activeTargets"]
+        assert len(targets) == 7
+        h.log.wait_for(
+            lambda: all(
+                t["health"] == "up" for t in get("/api/v1/targets")["data"]["activeTargets"]
+            ),
+            30,
+            "every target up",
+        )
+        rules = [r["name"] for g in get("/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+        assert "VividlyBreakerOpen" in rules
+        assert "VividlyRequestStuckInStage" in rules
+        q = quote("sum by (service) (vividly_projector_events_folded_total)")
+        folded = get(f"/api/v1/query?query={q}")["data"]["result"]
+        assert [r["metric"]["service"] for r in folded] == ["projector"]
+        assert float(folded[0]["value"][1]) > 0
+    finally:
+        stop_pid(proc.pid, 10)
+        proc.wait(5)
+        log.close()
 
 
 def test_read_model_matches_the_log_and_an_api_retry_completes_a_failed_request(

@@ -65,8 +65,17 @@ def test_breaker_opens_after_fail_max_and_stops_calling() -> None:
         with pytest.raises(CircuitOpen):
             await guarded(nano_banana_breaker, counted)
 
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"breaker": "nano_banana"}) or 0.0
+
+    calls_before = sample("vividly_breaker_calls_total")
+    failures_before = sample("vividly_breaker_failures_total")
     asyncio.run(run())
     assert calls["n"] == 3, "no call is made while the breaker is open"
+    assert sample("vividly_breaker_calls_total") - calls_before == 3
+    assert sample("vividly_breaker_failures_total") - failures_before == 3
     stats = get_all_circuit_breaker_stats()["nano_banana"]
     assert stats["state"] == "open"
     assert stats["total_calls"] == 3

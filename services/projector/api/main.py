@@ -17,12 +17,12 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.projector.api.deps import AppState
 from services.projector.api.routes import health, monitoring, requests
 from services.projector.api.stream import Hub
+from vividly import metrics
 from vividly.bus import ensure_topics
 from vividly.config import STAGE_TOPICS, TRACKING_TOPIC, Settings
 from vividly.db import migrate
@@ -32,13 +32,6 @@ from vividly.tracker import RequestTracker
 
 log = logging.getLogger("vividly.api")
 DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
-
-API_LATENCY = Histogram(
-    "vividly_api_request_duration_seconds",
-    "Monitoring API request latency by route template",
-    ["method", "route", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
 
 
 class RouteTiming:
@@ -66,7 +59,7 @@ class RouteTiming:
             await self.app(scope, receive, send_status)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
-            API_LATENCY.labels(scope["method"], path, str(status)).observe(
+            metrics.api_latency.labels(scope["method"], path, str(status)).observe(
                 time.perf_counter() - started
             )
 
