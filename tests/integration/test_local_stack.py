@@ -144,7 +144,7 @@ def test_a_taken_port_is_named_in_the_error(stack_env: dict[str, str]) -> None:
 def test_the_whole_pipeline_runs_on_the_local_stack_submit_and_demo(
     stack_env: dict[str, str],
 ) -> None:
-    for name in ("GEMINI", "VIDEO", "S3", "SMTP"):
+    for name in ("GEMINI", "VIDEO", "S3", "SMTP", "API"):
         stack_env[f"VIVIDLY_{name}_PORT"] = str(free_port())
     up = vividly(stack_env, "up", "--detach")
     try:
@@ -160,7 +160,10 @@ def test_the_whole_pipeline_runs_on_the_local_stack_submit_and_demo(
             "script",
             "video",
             "notify",
+            "projector",
+            "api",
         }
+        assert info["dashboard"].endswith("/monitoring/dashboard")
         sub = vividly(
             stack_env,
             "submit",
@@ -184,6 +187,21 @@ def test_the_whole_pipeline_runs_on_the_local_stack_submit_and_demo(
         while len(list(mail.glob("*.eml"))) < 7 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(list(mail.glob("*.eml"))) == 7
+        # The read side saw all of it: the API, with a token minted by the CLI.
+        import httpx
+
+        token = vividly(stack_env, "token", "--role", "admin").stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            dash = httpx.get(f"{info['api']}/api/v1/monitoring/dashboard", headers=headers)
+            assert dash.status_code == 200, dash.text
+            if dash.json()["counts"]["completed"] == 7:
+                break
+            time.sleep(0.5)
+        assert dash.json()["counts"]["completed"] == 7
+        page = httpx.get(info["dashboard"])
+        assert page.status_code == 200
         bad = vividly(stack_env, "submit", "--topic", "Volcanoes")
         assert bad.returncode == 2
         assert "--objective" in bad.stderr
