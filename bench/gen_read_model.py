@@ -18,6 +18,7 @@ from collections.abc import Callable
 import asyncpg
 
 from services.projector.fold import N_BUCKETS
+from vividly.config import STAGES
 from vividly.db import migrate
 
 SCHEMA = "vividly_read"
@@ -42,14 +43,6 @@ TOPICS = [
     "Climate change",
     "Ratios",
     "The Roman Empire",
-]
-STAGES = [
-    "validation",
-    "rag_retrieval",
-    "script_generation",
-    "video_generation",
-    "video_processing",
-    "notification",
 ]
 TYPES = [
     "request_created",

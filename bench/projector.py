@@ -34,7 +34,7 @@ from rich.console import Console
 from services.projector.fold import EVENT_COLUMNS
 from services.projector.runner import Projector
 from vividly.bus import ensure_topics
-from vividly.config import Settings
+from vividly.config import STAGES, Settings
 from vividly.db import migrate
 from vividly.events import WorkItem
 from vividly.publish import KafkaPublisher
@@ -59,14 +59,7 @@ def publish_mix(tracker: RequestTracker, n: int, rng: random.Random) -> int:
             organization_id=org,
         )
         tracker.start_request(rid)
-        for stage in (
-            "validation",
-            "rag_retrieval",
-            "script_generation",
-            "video_generation",
-            "video_processing",
-            "notification",
-        ):
+        for stage in STAGES:
             attempt = 1
             if stage == "script_generation" and i % 10 == 0:
                 tracker.start_stage(rid, stage, attempt=1)

