@@ -241,7 +241,8 @@ class KafkaPublisher:
             pending=pending,
             failures=list(self.failures),
         )
-        if not report.ok:
+        # flush(0) is a poll: messages still on their way then are not a failure.
+        if report.failed or (pending and timeout > 0):
             log.error(
                 "undelivered messages at flush",
                 extra={"failed": report.failed, "pending": report.pending},
