@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from services.projector.store import LIVE_SCHEMA, ReadModelStore, Record, quote_ident
 from vividly import metrics
@@ -234,7 +234,15 @@ class Projector:
         try:
             await self.subscribe()
             while not self._stop.is_set():
-                await self.step()
+                try:
+                    await self.step()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # The batch's transaction rolled back: nothing of it was stored.
+                    log.warning(
+                        "fold failed; reconnecting and resuming from the stored offsets",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    await self._recover()
         finally:
             await self.close()
         log.info(
@@ -242,6 +250,41 @@ class Projector:
             extra={"folded": self.stats.folded, "duplicates": self.stats.duplicates},
         )
         return self.stats
+
+    async def _recover(self) -> None:
+        """After a failed batch: a new connection, and every assigned partition sent back
+        to the offset stored with the last committed fold (nothing lost, nothing twice)."""
+        if self._prefetch is not None:  # fetched past the failed batch: drop it
+            with contextlib.suppress(Exception):
+                await self._prefetch
+            self._prefetch = None
+        with contextlib.suppress(Exception):
+            await self._conn.close()
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                self._conn = await asyncpg.connect(self.database_url)
+                stored = await self.store.offsets(self._conn, self.topic)
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("Postgres unavailable; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            return
+        assert self._consumer is not None
+        tps = [
+            TopicPartition(self.topic, tp.partition, stored.get(tp.partition, OFFSET_BEGINNING))
+            for tp in self._consumer.assignment()
+        ]
+        try:
+            for tp in tps:
+                self._consumer.seek(tp)
+        except KafkaException:  # a partition not fetching yet: assign the positions instead
+            self._consumer.assign(tps)
+        for tp in tps:
+            self.stats.positions[tp.partition] = max(tp.offset, 0)
+        log.info("projector resumed", extra={"positions": dict(self.stats.positions)})
 
     async def fold_until(
         self,

@@ -376,3 +376,51 @@ def test_replay_reads_a_time_range_into_its_own_schema(
             await conn.close()
 
     asyncio.run(go())
+
+
+def test_a_lost_database_connection_resumes_from_the_stored_offsets(
+    setup: tuple[Settings, str, str], postgres: str, unique: str
+) -> None:
+    """The live projector's connection is killed: it reconnects, goes back to the offsets
+    stored with its last commit, and the read model ends exactly as if nothing happened."""
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 3)
+
+    async def go() -> None:
+        proj = Projector(settings, postgres, schema=schema, group_id=f"crash-{unique}", topic=topic)
+        task = asyncio.create_task(proj.run())
+        admin = await asyncpg.connect(postgres)
+
+        async def rows() -> int:
+            try:
+                n: int = await admin.fetchval(f"SELECT count(*) FROM {schema}.events")
+                return n
+            except asyncpg.UndefinedTableError:
+                return 0
+
+        try:
+            deadline = time.monotonic() + 60
+            while await rows() < events_in(3):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            await admin.execute("SELECT pg_terminate_backend($1)", proj._conn.get_server_pid())
+            await asyncio.to_thread(publish_mix, settings, topic, 2, 300)
+            deadline = time.monotonic() + 60
+            while await rows() < events_in(3) + events_in(2):
+                assert time.monotonic() < deadline, f"{await rows()} rows"
+                assert not task.done(), "the projector died instead of recovering"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            assert await rows() == events_in(3) + events_in(2)
+            counts = await admin.fetchval(f"SELECT sum(n) FROM {schema}.status_counts")
+            assert counts == 3 + 1 + 2 + 1  # each request counted once
+            stored = await admin.fetchval(
+                f"SELECT sum(next_offset) FROM {schema}.projector_offsets"
+            )
+            assert stored == events_in(3) + events_in(2)
+        finally:
+            proj.stop()
+            await task
+            await admin.close()
+
+    asyncio.run(go())
