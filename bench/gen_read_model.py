@@ -17,23 +17,16 @@ from collections.abc import Callable
 
 import asyncpg
 
+from bench.pipeline import TOPICS as PIPELINE_TOPICS
 from services.projector.fold import N_BUCKETS
 from vividly.config import STAGES
 from vividly.db import migrate
 
 SCHEMA = "vividly_read"
+# The pipeline benchmark's topics and a few more.
 TOPICS = [
-    "Photosynthesis",
-    "Volcanoes",
-    "Fractions",
-    "The water cycle",
-    "Electric circuits",
-    "Ancient Egypt",
-    "DNA and genetics",
-    "Newton's laws",
-    "The solar system",
+    *PIPELINE_TOPICS,
     "Poetry forms",
-    "Plate tectonics",
     "Chemical bonds",
     "World War I",
     "Probability",
@@ -41,8 +34,6 @@ TOPICS = [
     "Cell division",
     "Simple machines",
     "Climate change",
-    "Ratios",
-    "The Roman Empire",
 ]
 TYPES = [
     "request_created",

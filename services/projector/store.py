@@ -441,78 +441,76 @@ def _json_map(values: dict[str, Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def _spec(d: Any) -> tuple[Any, ...]:
-    return d.spec if d.spec is not None else (None,) * 8
+_SPEC_COLUMNS = (
+    "student_id",
+    "organization_id",
+    "topic",
+    "learning_objective",
+    "grade_level",
+    "duration_minutes",
+    "metadata",
+    "idempotency_key",
+)
+#: The UPDATE's unnest columns, in its $n order (see _sql_update_requests).
+UPDATE_COLUMNS = (
+    "request_id",
+    "correlation_id",
+    "has_spec",
+    *_SPEC_COLUMNS,
+    "created_at",
+    "status",
+    "current_stage",
+    "waiting_reason",
+    "waiting_detail",
+    "waiting_until",
+    "error_stage",
+    "error_message",
+    "error_details",
+    "completed_at",
+    "failed_at",
+    "outputs",
+    "attempts",
+    "retries",
+    "video_url",
+    "thumbnail_url",
+    "started_at",
+    "updated_at",
+)
+
+
+def _values(d: Any) -> dict[str, Any]:
+    """A request delta as column → value (for the COPY of new rows and the UPDATE)."""
+    spec = d.spec if d.spec is not None else (None,) * len(_SPEC_COLUMNS)
+    values = dict(zip(_SPEC_COLUMNS, spec, strict=True))
+    values["waiting_reason"], values["waiting_detail"], values["waiting_until"] = d.waiting
+    values["error_stage"], values["error_message"], values["error_details"] = d.error
+    values.update(
+        request_id=d.request_id,
+        correlation_id=d.correlation_id,
+        has_spec=d.spec is not None,
+        status=d.status,
+        current_stage=d.current_stage,
+        outputs=_json_map(d.outputs),
+        attempts=_json_map(d.attempts),
+        retries=d.retries,
+        retry_count=d.retries,
+        video_url=d.video_url,
+        thumbnail_url=d.thumbnail_url,
+        created_at=d.first_seen,
+        started_at=d.started_at,
+        completed_at=d.completed_at,
+        failed_at=d.failed_at,
+        updated_at=d.updated_at,
+    )
+    return values
 
 
 def _insert_row(d: Any) -> tuple[Any, ...]:
-    st, org, topic, obj, grade, minutes, meta, key = _spec(d)
-    reason, detail, until = d.waiting
-    estage, emsg, edetails = d.error
-    return (
-        d.request_id,
-        d.correlation_id,
-        st,
-        org,
-        topic,
-        obj,
-        grade,
-        minutes,
-        meta,
-        key,
-        d.status or "running",
-        d.current_stage,
-        reason,
-        detail,
-        until,
-        estage,
-        emsg,
-        edetails,
-        _json_map(d.outputs),
-        _json_map(d.attempts),
-        d.retries,
-        d.video_url,
-        d.thumbnail_url,
-        d.first_seen,
-        d.started_at,
-        d.completed_at,
-        d.failed_at,
-        d.updated_at,
-    )
+    values = _values(d)
+    values["status"] = values["status"] or "running"
+    return tuple(values[c] for c in REQUEST_COLUMNS)
 
 
 def _update_row(d: Any) -> tuple[Any, ...]:
-    st, org, topic, obj, grade, minutes, meta, key = _spec(d)
-    reason, detail, until = d.waiting
-    estage, emsg, edetails = d.error
-    return (
-        d.request_id,
-        d.correlation_id,
-        d.spec is not None,
-        st,
-        org,
-        topic,
-        obj,
-        grade,
-        minutes,
-        meta,
-        key,
-        d.first_seen,
-        d.status,
-        d.current_stage,
-        reason,
-        detail,
-        until,
-        estage,
-        emsg,
-        edetails,
-        d.completed_at,
-        d.failed_at,
-        _json_map(d.outputs),
-        _json_map(d.attempts),
-        d.retries,
-        d.video_url,
-        d.thumbnail_url,
-        d.started_at,
-        d.updated_at,
-    )
+    values = _values(d)
+    return tuple(values[c] for c in UPDATE_COLUMNS)
