@@ -61,6 +61,11 @@ class Principal:
             return f"{p}student_id = ${len(params)}"
         return "FALSE"
 
+    def for_one_request(self) -> Principal:
+        """The scope to use when this caller names one request by id: pipeline services
+        (role service) may read and retry any request they work on; others keep theirs."""
+        return Principal(self.sub, "admin") if self.role == "service" else self
+
     @property
     def requested_by(self) -> str:
         return f"api:{self.role}:{self.sub}"

@@ -59,12 +59,7 @@ async def list_requests(
 
 @router.get("/requests/{request_id}", summary="One request: stages, waiting reason, error, outputs")
 async def get_request(request_id: str, who: Caller, conn: Conn) -> dict[str, Any]:
-    # Pipeline services (role service) may read one request they work on; nothing else.
-    if who.role == "service":
-        from vividly.auth import Principal
-
-        who = Principal(sub=who.sub, role="admin")
-    found = await views.get_request(conn, who, request_id)
+    found = await views.get_request(conn, who.for_one_request(), request_id)
     if found is None:
         raise _not_found(request_id)
     return found

@@ -147,12 +147,7 @@ async def retry(
 ) -> dict[str, Any]:
     if who.role == "student":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "students cannot retry requests")
-    viewer = who
-    if who.role == "service":
-        from vividly.auth import Principal
-
-        viewer = Principal(sub=who.sub, role="admin")
-    found = await views.get_request(conn, viewer, request_id)
+    found = await views.get_request(conn, who.for_one_request(), request_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"request {request_id} not found")
     try:
