@@ -18,8 +18,8 @@ PYTEST_ARGS ?=
         proto-check bench clean
 
 help:
-	@echo "make run    - start the local stack (broker, Postgres, topics, migrations) in the foreground"
-	@echo "make test   - lint, schema freshness, unit + contract + integration tests (both brokers)"
+	@echo "make run    - the whole local stack in the foreground: broker, Postgres, emulators, services, projector, API"
+	@echo "make test   - lint (ruff, mypy, promtool), schema freshness, every test suite (both brokers)"
 	@echo "make setup  - virtualenv, Python packages, Apache Kafka jars (idempotent)"
 	@echo "make lint | format | proto | proto-check | bench | clean"
 
