@@ -225,10 +225,11 @@ class ConsumerLoop:
         conf["logger"] = logging.getLogger("librdkafka")
         self._consumer_conf = conf
         self.stats = LoopStats()
-        self._in_flight_gauge = metrics.items_in_flight.labels(name)
         self._partitions: dict[tuple[str, int], _PartitionState] = {}
         self._key_tails: dict[bytes, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Read when scraped: nothing to keep up to date per message.
+        metrics.items_in_flight.labels(name).set_function(lambda: len(self._tasks))
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
         self._paused = False
@@ -321,12 +322,10 @@ class ConsumerLoop:
         if key:
             self._key_tails[key] = task
         task.add_done_callback(functools.partial(self._forget, key=key))
-        self._in_flight_gauge.set(len(self._tasks))
 
     def _forget(self, task: asyncio.Task[None], *, key: bytes) -> None:
         self._tasks.discard(task)
         self.stats.in_flight = len(self._tasks)
-        self._in_flight_gauge.set(len(self._tasks))
         if key and self._key_tails.get(key) is task:
             del self._key_tails[key]
         if not task.cancelled() and task.exception() is not None and self._fatal is None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from google.protobuf.message import DecodeError
 
 from services.projector.fold import EVENT_COLUMNS, Batch, Known, bucket_time, fold_batch
@@ -28,9 +29,8 @@ log = logging.getLogger("vividly.projector")
 LIVE_SCHEMA = "vividly_read"
 NOTIFY_CHANNEL = "vividly_read_events"
 SEQ_LOCK = 0x76727371  # "vrsq"
-REQUEST_COLUMNS = (
-    "request_id",
-    "correlation_id",
+#: What a request was submitted with (RequestCreated).
+_SPEC_COLUMNS = (
     "student_id",
     "organization_id",
     "topic",
@@ -39,6 +39,11 @@ REQUEST_COLUMNS = (
     "duration_minutes",
     "metadata",
     "idempotency_key",
+)
+REQUEST_COLUMNS = (
+    "request_id",
+    "correlation_id",
+    *_SPEC_COLUMNS,
     "status",
     "current_stage",
     "waiting_reason",
@@ -430,8 +435,6 @@ def _columns(rows: Any) -> list[list[Any]]:
 
 
 def _json_map(values: dict[str, Any]) -> str:
-    import orjson
-
     if not values:
         return "{}"
     parts = []
@@ -441,16 +444,6 @@ def _json_map(values: dict[str, Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-_SPEC_COLUMNS = (
-    "student_id",
-    "organization_id",
-    "topic",
-    "learning_objective",
-    "grade_level",
-    "duration_minutes",
-    "metadata",
-    "idempotency_key",
-)
 #: The UPDATE's unnest columns, in its $n order (see _sql_update_requests).
 UPDATE_COLUMNS = (
     "request_id",
