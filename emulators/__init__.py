@@ -4,6 +4,7 @@
   ``embedContent`` as the google-genai SDK calls them.
 - :mod:`emulators.video` — the "Nano Banana" video job API: submit, status, download; it
   renders a real short MP4 with ffmpeg.
+- :mod:`emulators.s3` — moto's S3 application on its own (boto3's S3 client talks to it).
 - :mod:`emulators.smtp_sink` — an SMTP server (aiosmtpd) that stores every message on disk.
 
 The HTTP emulators share :mod:`emulators.knobs`: latency, error rate and outage windows

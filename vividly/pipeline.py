@@ -129,7 +129,7 @@ class Pipeline:
         )
         self._python(
             "s3-moto",
-            ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports.s3)],
+            ["-m", "emulators.s3", "--port", str(self.ports.s3)],
             self.ports.s3,
         )
         self._python(
