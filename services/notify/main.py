@@ -14,7 +14,13 @@ from vividly.stage import Stage, StageRunner
 
 async def build(deps: Deps) -> Built:
     s = deps.settings
-    mailer: Mailer = NullMailer() if s.providers == "null" else SmtpMailer(s)
+    mailer: Mailer
+    if s.providers == "null":
+        mailer = NullMailer()
+    else:
+        smtp = SmtpMailer(s)
+        deps.closers.append(smtp.close)
+        mailer = smtp
     notifier = Notifier(mailer, NotificationLedger(deps.pool), s.smtp_from)
     runner = StageRunner(
         tracker=deps.tracker,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Iterator
 from email.mime.text import MIMEText
@@ -32,7 +33,7 @@ from services.video.providers import (
 from tests.contract.servers import serving
 from vividly.clients import ProviderError
 from vividly.config import Settings
-from vividly.stack import free_port
+from vividly.stack import ROOT, _spawn, free_port, stop_pid, wait_for_port
 
 HEADERS = {
     "X-Correlation-ID": "c0ffee00-0000-4000-8000-000000000001",
@@ -149,22 +150,33 @@ def test_video_api_contract(video_api: VideoAPI) -> None:
     assert data[4:8] == b"ftyp"
 
 
-@pytest.fixture(params=["memory", "s3-moto"])
-def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
+@pytest.fixture(params=["memory", "moto-server", "emulators.s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """The in-process store; moto's full server; and the S3-only moto the stack runs."""
     if request.param == "memory":
         yield MemoryStorage("memory://cdn/vividly-videos")
         return
-    from moto.server import ThreadedMotoServer
-
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    if request.param == "moto-server":
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        stop = server.stop
+    else:
+        log = tmp_path / "s3.log"
+        proc = _spawn([sys.executable, "-m", "emulators.s3", "--port", str(port)], log, cwd=ROOT)
+        wait_for_port(port, proc, "emulators.s3", log, 30)
+
+        def stop() -> None:
+            stop_pid(proc.pid)
+
     try:
         s3 = S3Storage(Settings(s3_endpoint_url=f"http://127.0.0.1:{port}"))
         s3.ensure_bucket()
         yield s3
     finally:
-        server.stop()
+        stop()
 
 
 def test_storage_contract(storage: Storage) -> None:
@@ -219,10 +231,88 @@ def mailer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Mai
 
 def test_mailer_contract(mailer: tuple[Mailer, Any]) -> None:
     m, count = mailer
-    msg = MIMEText("hello", "plain", "utf-8")
-    msg["From"], msg["To"], msg["Subject"] = "a@vividly.edu", "s@school.edu", "Hi"
-    asyncio.run(m.send(msg))
+    asyncio.run(m.send(_msg()))
     assert count() == 1
+
+
+def _msg(to: str = "s@school.edu") -> MIMEText:
+    msg = MIMEText("hello", "plain", "utf-8")
+    msg["From"], msg["To"], msg["Subject"] = "a@vividly.edu", to, "Hi"
+    return msg
+
+
+class RefuseSome:
+    """Stores messages; refuses recipients at blocked.example with 550."""
+
+    def __init__(self, directory: Path) -> None:
+        from emulators.smtp_sink import StoreOnDisk
+
+        self.store = StoreOnDisk(directory)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address.endswith("@blocked.example"):
+            return "550 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return await self.store.handle_DATA(server, session, envelope)
+
+
+def test_smtp_mailer_keeps_its_connection_and_survives_a_refused_recipient(
+    tmp_path: Path,
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    controller = Controller(RefuseSome(tmp_path), hostname="127.0.0.1", port=port)
+    controller.start()
+    mailer = SmtpMailer(Settings(smtp_host="127.0.0.1", smtp_port=port))
+    try:
+
+        async def run() -> None:
+            for _ in range(3):
+                await mailer.send(_msg())
+            with pytest.raises(ProviderError) as info:
+                await mailer.send(_msg("x@blocked.example"))
+            assert getattr(info.value, "is_retryable", None) is False
+            await mailer.send(_msg())
+            await mailer.close()
+
+        asyncio.run(run())
+    finally:
+        controller.stop()
+    assert len(list(tmp_path.glob("*.eml"))) == 4
+    assert mailer.connections_opened == 1
+
+
+def test_smtp_mailer_reconnects_when_the_server_dropped_its_kept_connection(
+    tmp_path: Path,
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    from emulators.smtp_sink import StoreOnDisk
+
+    port = free_port()
+    mailer = SmtpMailer(Settings(smtp_host="127.0.0.1", smtp_port=port))
+
+    def sink() -> Controller:
+        c = Controller(StoreOnDisk(tmp_path), hostname="127.0.0.1", port=port)
+        c.start()
+        return c
+
+    controller = sink()
+    asyncio.run(mailer.send(_msg()))
+    controller.stop()  # the kept connection dies with the server
+    controller = sink()
+    try:
+        asyncio.run(mailer.send(_msg()))
+    finally:
+        controller.stop()
+    assert len(list(tmp_path.glob("*.eml"))) == 2
+    assert mailer.connections_opened == 2
 
 
 def test_smtp_refusal_is_a_provider_error() -> None:
