@@ -3,49 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
 SEND_LEASE_S = 120
 
 
-class PgLedger:
-    """:class:`vividly.stage.Ledger` on ``vividly.stage_ledger``, with group commit.
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+R = TypeVar("R")
 
-    Completions that arrive while a write is in flight are written together by the next
-    one (one multi-row INSERT), so under load the ledger costs one round trip per batch,
-    not per stage, and at low load it adds no wait.
+
+class GroupWriter(Generic[K, V, R]):
+    """Group commit: calls that arrive while a write is in flight are written together
+    by the next one (one multi-row statement), so under load a batch costs one round
+    trip, and at low load a call adds no wait.
+
+    ``write`` gets the batch with one entry per key (the first call's value) and returns
+    each key's result. A key repeated within a batch is a duplicate: the first call gets
+    the result, the others ``repeat(result)``.
     """
 
-    SQL = """
-    WITH input AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[])
-            AS t(request_id, stage, attempt, output)),
-    ins AS (
-        INSERT INTO vividly.stage_ledger (request_id, stage, attempt, output)
-        SELECT request_id, stage, attempt, output FROM input
-        ON CONFLICT DO NOTHING RETURNING request_id, stage, attempt)
-    SELECT i.request_id, i.stage, i.attempt, ins.request_id IS NOT NULL AS inserted,
-           coalesce(l.output, i.output)::text AS output
-    FROM input i
-    LEFT JOIN ins USING (request_id, stage, attempt)
-    LEFT JOIN vividly.stage_ledger l USING (request_id, stage, attempt)
-    """
-
-    def __init__(self, pool: Any, max_batch: int = 500) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        write: Callable[[dict[K, V]], Awaitable[dict[K, R]]],
+        repeat: Callable[[R], R],
+        max_batch: int = 500,
+    ) -> None:
+        self.write = write
+        self.repeat = repeat
         self.max_batch = max_batch
-        self._queue: list[tuple[tuple[str, str, int], bytes, asyncio.Future[tuple[bool, bytes]]]]
-        self._queue = []
+        self._queue: list[tuple[K, V, asyncio.Future[R]]] = []
         self._writing = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # held so it is not collected
 
-    async def record_completion(
-        self, request_id: str, stage: str, attempt: int, output: bytes
-    ) -> tuple[bool, bytes]:
-        fut: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
-        self._queue.append(((request_id, stage, attempt), output, fut))
+    async def submit(self, key: K, value: V) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((key, value, fut))
         if not self._writing:
             self._writing = True
             self._task = asyncio.create_task(self._drain())
@@ -56,48 +52,77 @@ class PgLedger:
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
+                first: dict[K, V] = {}
+                for key, value, _ in batch:
+                    first.setdefault(key, value)
                 try:
-                    await self._write(batch)
+                    results = await self.write(first)
                 except Exception as exc:
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
+                    continue
+                answered: set[K] = set()
+                for key, _, fut in batch:
+                    if fut.done():
+                        continue
+                    result = results[key]
+                    fut.set_result(self.repeat(result) if key in answered else result)
+                    answered.add(key)
         finally:
             self._writing = False
 
+
+class PgLedger:
+    """:class:`vividly.stage.Ledger` on ``vividly.stage_ledger``, group-committed."""
+
+    # No join against the ledger: with a few thousand rows the planner would rather
+    # scan it than use the key for a batch it guesses at 100 rows. Keys already
+    # stored (a redelivery) are rare and looked up by request id, on the index.
+    INSERT_SQL = """
+    INSERT INTO vividly.stage_ledger (request_id, stage, attempt, output)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[])
+    ON CONFLICT DO NOTHING RETURNING request_id, stage, attempt
+    """
+    STORED_SQL = """
+    SELECT request_id, stage, attempt, output::text AS output FROM vividly.stage_ledger
+    WHERE request_id = ANY($1::text[])
+    """
+
+    def __init__(self, pool: Any, max_batch: int = 500) -> None:
+        self.pool = pool
+        self._writer: GroupWriter[tuple[str, str, int], bytes, tuple[bool, bytes]]
+        self._writer = GroupWriter(self._write, lambda r: (False, r[1]), max_batch)
+
+    async def record_completion(
+        self, request_id: str, stage: str, attempt: int, output: bytes
+    ) -> tuple[bool, bytes]:
+        return await self._writer.submit((request_id, stage, attempt), output)
+
     async def _write(
-        self, batch: list[tuple[tuple[str, str, int], bytes, asyncio.Future[tuple[bool, bytes]]]]
-    ) -> None:
-        # One row per key; a repeat of a key within the batch is a duplicate of the first.
-        first: dict[tuple[str, str, int], bytes] = {}
-        for key, output, _ in batch:
-            first.setdefault(key, output)
-        keys = list(first)
+        self, batch: dict[tuple[str, str, int], bytes]
+    ) -> dict[tuple[str, str, int], tuple[bool, bytes]]:
+        keys = list(batch)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                self.SQL,
+                self.INSERT_SQL,
                 [k[0] for k in keys],
                 [k[1] for k in keys],
                 [k[2] for k in keys],
-                [first[k].decode() for k in keys],
+                [batch[k].decode() for k in keys],
             )
-        result = {
-            (r["request_id"], r["stage"], r["attempt"]): (
-                bool(r["inserted"]),
-                str(r["output"]).encode(),
-            )
-            for r in rows
-        }
-        claimed: set[tuple[str, str, int]] = set()
-        for key, _, fut in batch:
-            inserted, stored = result[key]
-            if fut.done():
-                continue
-            if inserted and key not in claimed:
-                claimed.add(key)
-                fut.set_result((True, stored))
-            else:
-                fut.set_result((False, stored))
+            inserted = {(r["request_id"], r["stage"], r["attempt"]) for r in rows}
+            result = {k: (True, batch[k]) for k in inserted}
+            missing = [k for k in keys if k not in inserted]
+            if missing:
+                stored = await conn.fetch(self.STORED_SQL, list({k[0] for k in missing}))
+                by_key = {
+                    (r["request_id"], r["stage"], r["attempt"]): r["output"].encode()
+                    for r in stored
+                }
+                for k in missing:
+                    result[k] = (False, by_key[k])
+        return result
 
 
 class IngestLedger:
@@ -121,39 +146,39 @@ class IngestLedger:
 
 
 class NotificationLedger:
-    """Claims on outcome emails: one email per (request, kind)."""
+    """Claims on outcome emails: one email per (request, kind). Claims and "sent" marks
+    are group-committed (see :class:`GroupWriter`)."""
+
+    CLAIM_SQL = f"""
+    INSERT INTO vividly.notifications (request_id, kind, status, message_id, recipient)
+    SELECT request_id, kind, 'sending', message_id, recipient
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS t(request_id, kind, message_id, recipient)
+    ON CONFLICT (request_id, kind) DO UPDATE SET claimed_at = now()
+      WHERE vividly.notifications.status = 'sending'
+        AND vividly.notifications.claimed_at < now() - interval '{SEND_LEASE_S} seconds'
+    RETURNING request_id, kind
+    """
+    # request_id = ANY(...) lets the planner use the key; the pair is then matched.
+    SENT_SQL = """
+    UPDATE vividly.notifications SET status = 'sent', sent_at = now()
+    WHERE request_id = ANY($1::text[]) AND request_id || chr(31) || kind = ANY($2::text[])
+    """
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        self._claims: GroupWriter[tuple[str, str], tuple[str, str], bool]
+        self._claims = GroupWriter(self._claim_batch, lambda _: False)
+        self._sent: GroupWriter[tuple[str, str], None, None]
+        self._sent = GroupWriter(self._sent_batch, lambda _: None)
 
     async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> bool:
         """True if this caller should send. False if it was sent, or another sender holds
         a fresh claim. A claim older than the lease (the sender died mid-send) is taken."""
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO vividly.notifications"
-                " (request_id, kind, status, message_id, recipient)"
-                " VALUES ($1, $2, 'sending', $3, $4)"
-                " ON CONFLICT (request_id, kind) DO UPDATE SET claimed_at = now()"
-                "   WHERE vividly.notifications.status = 'sending'"
-                "     AND vividly.notifications.claimed_at"
-                f"        < now() - interval '{SEND_LEASE_S} seconds'"
-                " RETURNING 1",
-                request_id,
-                kind,
-                message_id,
-                recipient,
-            )
-            return row is not None
+        return await self._claims.submit((request_id, kind), (message_id, recipient))
 
     async def mark_sent(self, request_id: str, kind: str) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE vividly.notifications SET status = 'sent', sent_at = now()"
-                " WHERE request_id = $1 AND kind = $2",
-                request_id,
-                kind,
-            )
+        await self._sent.submit((request_id, kind), None)
 
     async def release(self, request_id: str, kind: str) -> None:
         """Give up a claim after a failed send so a retry can send."""
@@ -164,6 +189,29 @@ class NotificationLedger:
                 request_id,
                 kind,
             )
+
+    async def _claim_batch(
+        self, batch: dict[tuple[str, str], tuple[str, str]]
+    ) -> dict[tuple[str, str], bool]:
+        keys = list(batch)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                self.CLAIM_SQL,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [batch[k][0] for k in keys],
+                [batch[k][1] for k in keys],
+            )
+        won = {(r["request_id"], r["kind"]) for r in rows}
+        return {k: k in won for k in keys}
+
+    async def _sent_batch(self, batch: dict[tuple[str, str], None]) -> dict[tuple[str, str], None]:
+        keys = list(batch)
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                self.SENT_SQL, [k[0] for k in keys], [f"{k[0]}\x1f{k[1]}" for k in keys]
+            )
+        return dict.fromkeys(keys)
 
 
 async def create_pool(url: str, size: int = 4) -> Any:

@@ -82,3 +82,27 @@ def test_first_submission_wins_and_email_claims_are_exclusive(db: str) -> None:
             await pool.close()
 
     asyncio.run(run())
+
+
+def test_concurrent_email_claims_have_one_winner_per_outcome(db: str) -> None:
+    async def run() -> tuple[list[bool], list[bool]]:
+        pool = await create_pool(db)
+        try:
+            mail = NotificationLedger(pool)
+            first = await asyncio.gather(
+                *(mail.claim(f"m{i % 100}", "content_ready", "<m>", "s@x") for i in range(300))
+            )
+            await asyncio.gather(*(mail.mark_sent(f"m{i}", "content_ready") for i in range(100)))
+            again = await asyncio.gather(
+                *(mail.claim(f"m{i}", "content_ready", "<m>", "s@x") for i in range(100)),
+                *(mail.claim(f"m{i}", "error", "<e>", "s@x") for i in range(100)),
+            )
+            return list(first), list(again)
+        finally:
+            await pool.close()
+
+    first, again = asyncio.run(run())
+    for k in range(100):
+        assert sum(first[i] for i in range(300) if i % 100 == k) == 1
+    assert not any(again[:100]), "a sent email is never claimed again"
+    assert all(again[100:]), "another outcome of the same request is its own email"
