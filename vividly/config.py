@@ -130,7 +130,10 @@ class Settings(BaseSettings):
     video_api_url: str = "http://127.0.0.1:8702"
     video_api_key: str = "local-emulator-key"
     video_poll_interval_s: float = Field(
-        default=3.0, gt=0, description="Longest wait between two polls of a video job."
+        default=10.0,
+        gt=0,
+        description="Longest wait between two polls of a video job (the seed polls every "
+        "10 s); within it, polls are timed by the job's progress.",
     )
     video_processing_concurrency: int = Field(default=32, ge=1)
     video_timeout_s: float = Field(default=600.0, gt=0)
