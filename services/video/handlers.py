@@ -14,6 +14,9 @@ from vividly.clients import ProviderError
 from vividly.events import WorkItem
 from vividly.stage import StageContext
 
+#: How far past the estimated end (as a share of the time elapsed) the last poll aims.
+DONE_MARGIN = 0.01
+
 
 class VideoGeneration:
     """Submit the job, then poll it until it is done.
@@ -61,8 +64,11 @@ class VideoGeneration:
         deadline = submitted + self.timeout_s
         last = -1
         backoff = self.first_poll_s
+        wait = self.first_poll_s
         due: float | None = None  # when progress said the job would be done
         while True:
+            # A job just submitted is not done: the first look is after first_poll_s.
+            await self.sleep(wait)
             status = await guarded(nano_banana_breaker, lambda: self.api.status(job_id, headers))
             state = status.get("status")
             if state == "completed":
@@ -90,16 +96,18 @@ class VideoGeneration:
                 )
             overdue = due is not None and now >= due
             if overdue or not 0 < progress < 100:
-                wait = backoff
                 backoff = min(backoff * 2, self.poll_interval_s)
+                wait = backoff
             else:
-                # Progress is reported rounded down, so this errs late, by less than
-                # one percent of the time elapsed.
-                remaining = (now - submitted) * (100 - progress) / progress
+                # Progress is reported rounded down, so the estimate errs late by less
+                # than one percent of the time elapsed; the job's clock also started a
+                # little after ours. Aim just past the end, so the poll that was meant
+                # to find the job done does.
+                elapsed = now - submitted
+                remaining = elapsed * (100 - progress) / progress + DONE_MARGIN * elapsed
                 wait = max(self.first_poll_s, min(remaining, self.poll_interval_s))
                 if remaining <= self.poll_interval_s:
                     due = now + wait
-            await self.sleep(wait)
 
 
 class VideoProcessing:
