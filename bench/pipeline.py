@@ -1,4 +1,6 @@
-"""Pipeline benchmark on the local stack (Tansu broker + embedded Postgres), three parts:
+"""Pipeline benchmark on the local stack: Apache Kafka (the broker production runs; the
+jars `make setup` fetched) or the embedded Tansu broker (``--broker tansu``), the
+embedded Postgres, and the five services as processes. Three parts:
 
 1. framework: all five services with in-process null providers (same interfaces, no
    network, no rendering): end-to-end requests/s at saturation, and stage hand-off
@@ -10,6 +12,7 @@
 
     .venv/bin/python -m bench.pipeline [--requests 3000] [--real-requests 300]
                                        [--inflight 2000] [--job-seconds 20]
+                                       [--broker apache|tansu] [--parts 1,2,3]
 
 The last line printed is one JSON object with requests_per_s, handoff_p50_ms,
 handoff_p99_ms, real_requests_per_s, inflight_2000_s, max_rss_mb (and details).
@@ -29,6 +32,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ from vividly.db import migrate
 from vividly.events import decode_envelope
 from vividly.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus_sync
 from vividly.publish import KafkaPublisher
-from vividly.stack import EmbeddedPostgres, TansuBroker, free_port
+from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, TansuBroker, free_port
 from vividly.submit import submit_request
 from vividly.tracker import RequestTracker
 
@@ -76,7 +80,12 @@ class Watch:
                 "bootstrap.servers": bootstrap,
                 "group.id": f"bench-{uuid.uuid4().hex[:6]}",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
+                # Batched fetches: the watcher reads every event of every request,
+                # and a fetch per event would load the broker the pipeline shares.
+                # Times are taken from the events themselves; only the completion
+                # receipts can lag, by under 50 ms.
+                "fetch.wait.max.ms": 50,
+                "fetch.min.bytes": 256 * 1024,
             }
         )
         parts = (
@@ -235,48 +244,51 @@ class RssSampler:
         return {k: round(v, 1) for k, v in self.peak.items()}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    os.environ["VIVIDLY_PG_FAST"] = "1"
-    broker = TansuBroker(free_port(), home)
-    pg = EmbeddedPostgres(home / "pgdata", free_port())
-    result: dict[str, Any] = {}
-    pipeline: Pipeline | None = None
-    try:
-        broker.start()
-        pg.start()
-        asyncio.run(migrate(pg.url))
-        settings = Settings(kafka_bootstrap=broker.bootstrap)
-        ensure_topics(settings, {t: 6 for t in (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)})
-        publisher = KafkaPublisher(settings, "bench-submitter")
-        tracker = RequestTracker(publisher, producer="bench")
-        watch = Watch(broker.bootstrap)
+@dataclass
+class Bench:
+    """What the three parts share: the broker, Postgres, a submitter and the watcher."""
 
-        # ---- 1. framework: null providers -----------------------------------------
-        console.print("[bold]1. framework throughput (null providers)[/]")
-        pipeline = Pipeline(
-            broker.bootstrap,
-            pg.url,
-            home / "null",
-            PipelinePorts.free(),
-            extra_env={
-                "VIVIDLY_PROVIDERS": "null",
-                "VIVIDLY_MAX_IN_FLIGHT": "256",
-            },
-        )
+    args: argparse.Namespace
+    home: Path
+    broker: TansuBroker | ApacheKafkaBroker
+    pg: EmbeddedPostgres
+    tracker: RequestTracker
+    publisher: KafkaPublisher
+    watch: Watch
+    broker_env: dict[str, str]
+    result: dict[str, Any]
+
+    def base_pids(self) -> dict[str, int]:
+        return {
+            "kafka": self.broker.managed.pid if self.broker.managed else 0,
+            "postgres": self.pg.managed.pid if self.pg.managed else 0,
+        }
+
+
+def framework(b: Bench) -> None:
+    """Part 1: null providers; saturation throughput and hand-off latency."""
+    args, result = b.args, b.result
+    console.print("[bold]1. framework throughput (null providers)[/]")
+    pipeline = Pipeline(
+        b.broker.bootstrap,
+        b.pg.url,
+        b.home / "null",
+        PipelinePorts.free(),
+        extra_env={"VIVIDLY_PROVIDERS": "null", "VIVIDLY_MAX_IN_FLIGHT": "256", **b.broker_env},
+    )
+    try:
         pipeline.start_services()
-        warm, _ = submit_many(tracker, publisher, 100)
-        watch.wait(warm, 120, "warm-up")
-        steady, _ = submit_many(tracker, publisher, args.steady_requests, rate=args.steady_rate)
-        watch.wait(steady, 120, f"steady load ({args.steady_rate:.0f} req/s)")
-        hand = watch.handoffs_ms(steady)
+        warm, _ = submit_many(b.tracker, b.publisher, 100)
+        b.watch.wait(warm, 120, "warm-up")
+        steady, _ = submit_many(b.tracker, b.publisher, args.steady_requests, rate=args.steady_rate)
+        b.watch.wait(steady, 120, f"steady load ({args.steady_rate:.0f} req/s)")
+        hand = b.watch.handoffs_ms(steady)
         pids = {n: m.pid for n, m in pipeline.procs.items()}
-        pids["kafka (tansu)"] = broker.managed.pid if broker.managed else 0
-        pids["postgres"] = pg.managed.pid if pg.managed else 0
+        pids.update(b.base_pids())
         pids["bench (submit + watch)"] = os.getpid()
         before = cpu_seconds(pids)
-        ids, t0 = submit_many(tracker, publisher, args.requests)
-        last = watch.wait(ids, 600, f"{args.requests} requests at saturation")
+        ids, t0 = submit_many(b.tracker, b.publisher, args.requests)
+        last = b.watch.wait(ids, 600, f"{args.requests} requests at saturation")
         result["requests_per_s"] = round(args.requests / (last - t0), 1)
         used = {n: v - before.get(n, 0) for n, v in cpu_seconds(pids).items()}
         result["framework_cpu_ms_per_request"] = {
@@ -285,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         result["handoff_p50_ms"] = round(pct(hand, 0.5), 2)
         result["handoff_p99_ms"] = round(pct(hand, 0.99), 2)
-        sat_hand = watch.handoffs_ms(ids)
+        sat_hand = b.watch.handoffs_ms(ids)
         result["handoff_at_saturation_p50_ms"] = round(pct(sat_hand, 0.5), 1)
         result["steady_rate_per_s"] = args.steady_rate
         console.print(
@@ -293,83 +305,161 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{result['handoff_p50_ms']} ms, p99 {result['handoff_p99_ms']} ms "
             f"at {args.steady_rate:.0f} req/s"
         )
+    finally:
         pipeline.stop()
 
-        # ---- 2. real path ------------------------------------------------------------
-        console.print("[bold]2. real path (emulators, moto S3, SMTP, ffmpeg thumbnails)[/]")
-        pipeline = Pipeline(
-            broker.bootstrap,
-            pg.url,
-            home / "real",
-            PipelinePorts.free(),
-            video_job_seconds=0.0,
-            extra_env={
-                "VIVIDLY_MAX_IN_FLIGHT": "256",
-            },
-        )
-        pipeline.start_emulators()
-        load_corpus_sync(pg.url, pipeline.gemini_url)
-        pipeline.start_services()
-        warm, _ = submit_many(tracker, publisher, 30)
-        watch.wait(warm, 180, "warm-up")
-        pids = {n: m.pid for n, m in pipeline.procs.items()}
-        pids["kafka (tansu)"] = broker.managed.pid if broker.managed else 0
-        pids["postgres"] = pg.managed.pid if pg.managed else 0
-        before = cpu_seconds(pids)
-        ids, t0 = submit_many(tracker, publisher, args.real_requests)
-        last = watch.wait(ids, 600, f"{args.real_requests} requests on the real path")
-        after = cpu_seconds(pids)
-        elapsed = last - t0
-        result["real_requests_per_s"] = round(args.real_requests / elapsed, 1)
-        used = {n: after[n] - before.get(n, 0) for n in after}
-        total = sum(used.values()) or 1.0
-        result["real_cpu_profile"] = {
-            n: f"{100 * v / total:.0f}%"
-            for n, v in sorted(used.items(), key=lambda kv: -kv[1])
-            if v > 0
-        }
-        result["real_cpu_s_per_request_ms"] = round(1000 * total / args.real_requests, 1)
-        console.print(
-            f"  {result['real_requests_per_s']} req/s; CPU by process: {result['real_cpu_profile']}"
-        )
 
-        # ---- 3. concurrency ------------------------------------------------------------
-        console.print(
-            f"[bold]3. {args.inflight} requests in flight, "
-            f"{args.job_seconds:.0f} s per video job[/]"
+def real_pipeline(b: Bench) -> Pipeline:
+    pipeline = Pipeline(
+        b.broker.bootstrap,
+        b.pg.url,
+        b.home / "real",
+        PipelinePorts.free(),
+        video_job_seconds=0.0,
+        extra_env={"VIVIDLY_MAX_IN_FLIGHT": "256", **b.broker_env},
+    )
+    pipeline.start_emulators()
+    load_corpus_sync(b.pg.url, pipeline.gemini_url)
+    pipeline.start_services()
+    warm, _ = submit_many(b.tracker, b.publisher, 30)
+    b.watch.wait(warm, 180, "warm-up")
+    return pipeline
+
+
+def real_path(b: Bench, pipeline: Pipeline) -> None:
+    """Part 2: emulators, moto's S3, SMTP, thumbnails: requests/s and where the CPU goes."""
+    args, result = b.args, b.result
+    console.print("[bold]2. real path (emulators, moto S3, SMTP, ffmpeg thumbnails)[/]")
+    pids = {n: m.pid for n, m in pipeline.procs.items()}
+    pids.update(b.base_pids())
+    before = cpu_seconds(pids)
+    ids, t0 = submit_many(b.tracker, b.publisher, args.real_requests)
+    last = b.watch.wait(ids, 600, f"{args.real_requests} requests on the real path")
+    after = cpu_seconds(pids)
+    elapsed = last - t0
+    result["real_requests_per_s"] = round(args.real_requests / elapsed, 1)
+    used = {n: after[n] - before.get(n, 0) for n in after}
+    total = sum(used.values()) or 1.0
+    result["real_cpu_profile"] = {
+        n: f"{100 * v / total:.0f}%"
+        for n, v in sorted(used.items(), key=lambda kv: -kv[1])
+        if v > 0
+    }
+    result["real_cpu_s_per_request_ms"] = round(1000 * total / args.real_requests, 1)
+    console.print(
+        f"  {result['real_requests_per_s']} req/s; CPU by process: {result['real_cpu_profile']}"
+    )
+
+
+def inflight(b: Bench, pipeline: Pipeline) -> None:
+    """Part 3: thousands of requests waiting on slow video jobs at once."""
+    args, result, watch = b.args, b.result, b.watch
+    console.print(
+        f"[bold]3. {args.inflight} requests in flight, {args.job_seconds:.0f} s per video job[/]"
+    )
+    pipeline.set_knobs("video", job_seconds=args.job_seconds)
+    sampler = RssSampler({n: m.pid for n, m in pipeline.procs.items() if n in SERVICES})
+    pids = {n: m.pid for n, m in pipeline.procs.items()}
+    pids.update(b.base_pids())
+    before = cpu_seconds(pids)
+    ids, t0 = submit_many(b.tracker, b.publisher, args.inflight, varied=False)
+    last = watch.wait(ids, 300, f"{args.inflight} requests, {args.job_seconds:.0f}s jobs")
+    rss = sampler.stop()
+    used = {n: v - before.get(n, 0) for n, v in cpu_seconds(pids).items()}
+    result["inflight_2000_s"] = round(last - t0, 1)
+    with watch.lock:
+        reached = [
+            watch.started[(r, "video_generation")]
+            for r in ids
+            if (r, "video_generation") in watch.started
+        ]
+        finished_gen = [
+            watch.completed[(r, "video_generation")]
+            for r in ids
+            if (r, "video_generation") in watch.completed
+        ]
+    result["inflight_all_jobs_submitted_s"] = round(max(reached) - t0, 1)
+    result["inflight_all_jobs_done_s"] = round(max(finished_gen) - t0, 1)
+    result["inflight_cpu_s_by_process"] = {
+        n: round(v, 1) for n, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0.05
+    }
+    result["max_rss_mb"] = max(rss.values())
+    result["rss_mb_by_service"] = rss
+    result["failed"] = len(watch.failed)
+    console.print(f"  all done in {result['inflight_2000_s']} s; peak RSS {rss}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    os.environ["VIVIDLY_PG_FAST"] = "1"
+    broker: TansuBroker | ApacheKafkaBroker
+    if args.broker == "apache":
+        broker = ApacheKafkaBroker(home / "kafka", heap="512m")
+    else:
+        broker = TansuBroker(free_port(), home)
+    pg = EmbeddedPostgres(home / "pgdata", free_port())
+    result: dict[str, Any] = {"broker": args.broker}
+    pipeline: Pipeline | None = None
+    watch: Watch | None = None
+    try:
+        broker.start()
+        pg.start()
+        asyncio.run(migrate(pg.url))
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        ensure_topics(settings, {t: 6 for t in (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)})
+        publisher = KafkaPublisher(settings, "bench-submitter")
+        watch = Watch(broker.bootstrap)
+        b = Bench(
+            args,
+            home,
+            broker,
+            pg,
+            RequestTracker(publisher, producer="bench"),
+            publisher,
+            watch,
+            # Apache Kafka answers a waiting fetch as soon as data arrives; Tansu holds
+            # it for the whole wait, so there a short wait is the hand-off latency.
+            {
+                "VIVIDLY_FETCH_WAIT_MAX_MS": "100" if args.broker == "apache" else "5",
+                **dict(args.set),
+            },
+            result,
         )
-        pipeline.set_knobs("video", job_seconds=args.job_seconds)
-        sampler = RssSampler({n: m.pid for n, m in pipeline.procs.items() if n in SERVICES})
-        ids, t0 = submit_many(tracker, publisher, args.inflight, varied=False)
-        last = watch.wait(ids, 300, f"{args.inflight} requests, {args.job_seconds:.0f}s jobs")
-        rss = sampler.stop()
-        result["inflight_2000_s"] = round(last - t0, 1)
-        with watch.lock:
-            reached = [
-                watch.started[(r, "video_generation")]
-                for r in ids
-                if (r, "video_generation") in watch.started
-            ]
-            finished_gen = [
-                watch.completed[(r, "video_generation")]
-                for r in ids
-                if (r, "video_generation") in watch.completed
-            ]
-        result["inflight_all_jobs_submitted_s"] = round(max(reached) - t0, 1)
-        result["inflight_all_jobs_done_s"] = round(max(finished_gen) - t0, 1)
-        result["max_rss_mb"] = max(rss.values())
-        result["rss_mb_by_service"] = rss
-        result["failed"] = len(watch.failed)
-        console.print(f"  all done in {result['inflight_2000_s']} s; peak RSS {rss}")
-        watch.stop()
+        if 1 in args.parts:
+            framework(b)
+        if 2 in args.parts or 3 in args.parts:
+            pipeline = real_pipeline(b)
+            if 2 in args.parts:
+                real_path(b, pipeline)
+            if 3 in args.parts:
+                inflight(b, pipeline)
         publisher.close(10)
     finally:
+        if watch is not None:
+            watch.stop()
         if pipeline is not None:
             pipeline.stop()
         pg.stop()
         broker.stop()
         shutil.rmtree(home, ignore_errors=True)
     return result
+
+
+def setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("VIVIDLY_"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected VIVIDLY_NAME=VALUE")
+    return name, value
+
+
+def parts(text: str) -> set[int]:
+    try:
+        chosen = {int(p) for p in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 1,3") from None
+    if not chosen <= {1, 2, 3}:
+        raise argparse.ArgumentTypeError(f"{text!r}: the parts are 1, 2 and 3")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-requests", type=int, default=300)
     p.add_argument("--inflight", type=int, default=2000)
     p.add_argument("--job-seconds", type=float, default=20.0)
+    p.add_argument("--broker", choices=("apache", "tansu"), default="apache")
+    p.add_argument("--parts", type=parts, default={1, 2, 3}, help="e.g. 1 or 2,3")
+    p.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="VIVIDLY_X=V",
+        help="a setting for every service (repeatable)",
+    )
     args = p.parse_args(argv)
     result = run(args)
     print(json.dumps(result))
