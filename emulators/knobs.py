@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,8 +122,11 @@ def install(app: web.Application, knobs: Knobs, recorder: Recorder) -> None:
 
 
 def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT, on uvloop (the emulators share the CPU with what they
+    stand in for, so they should take as little of it as they can)."""
     web.run_app(
         app,
+        loop=uvloop.new_event_loop(),
         host=host,
         port=port,
         print=None,

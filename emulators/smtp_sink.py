@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from aiosmtpd.controller import Controller
 
 
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8025)
     p.add_argument("--dir", type=Path, required=True)
     args = p.parse_args(argv)
-    controller = Controller(StoreOnDisk(args.dir), hostname=args.host, port=args.port)
+    controller = Controller(
+        StoreOnDisk(args.dir), hostname=args.host, port=args.port, loop=uvloop.new_event_loop()
+    )
     controller.start()
 
     async def wait() -> None:

@@ -31,7 +31,11 @@ class GeminiScriptWriter:
                 model=self.model,
                 contents=prompt,
                 config=types.GenerateContentConfig(
-                    temperature=0.4, http_options=types.HttpOptions(headers=headers)
+                    temperature=0.4,
+                    http_options=types.HttpOptions(headers=headers),
+                    # No tools are passed; without this the SDK logs "AFC is enabled"
+                    # at INFO on every call.
+                    automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
                 ),
             )
         except Exception as exc:
