@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m emulators.s3", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8703)
-    p.add_argument("--threads", type=int, default=4, help="Threads running requests.")
+    # moto's S3 is Python under one lock: one thread does the work at the least CPU
+    # (measured with 8 concurrent clients: 0.82 ms per PutObject, 0.9-1.0 with 2-4).
+    p.add_argument("--threads", type=int, default=1, help="Threads running requests.")
     args = p.parse_args(argv)
 
     from granian import Granian
