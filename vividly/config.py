@@ -68,7 +68,11 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1, description="Partitions per topic on create.")
     replication_factor: int = Field(default=1, ge=1)
     fetch_wait_max_ms: int = Field(
-        default=5, ge=0, description="How long the broker may hold a fetch for data."
+        default=5,
+        ge=0,
+        description="How long the broker may hold a fetch for data. Tansu (the embedded "
+        "default) holds it the whole time, so it is the hand-off latency there; Apache "
+        "Kafka answers as soon as data arrives, so use 100 with it (docker-compose does).",
     )
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Consumer session timeout (Tansu joins take ~half)."
