@@ -16,14 +16,34 @@ measured with boto3 putting 26 kB objects, CPU per PutObject:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import signal
 from typing import Any
+
+PR_SET_PDEATHSIG = 1
 
 
 def make_app() -> Any:
     """The WSGI application: moto's S3 backend (Granian calls this in its worker)."""
     from moto.moto_server.werkzeug_app import create_backend_app
 
+    _die_with_parent()
     return create_backend_app("s3")
+
+
+def _die_with_parent() -> None:
+    """Granian serves from a worker process: if the server process is killed outright
+    (SIGKILL, so it cannot stop its worker), the worker gets SIGTERM rather than being
+    left holding the port (Linux; elsewhere nothing happens)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -179,6 +179,31 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         stop()
 
 
+def test_s3_emulator_worker_does_not_outlive_a_killed_server(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    import psutil
+
+    port = free_port()
+    log = tmp_path / "s3.log"
+    proc = _spawn([sys.executable, "-m", "emulators.s3", "--port", str(port)], log, cwd=ROOT)
+    workers: list[psutil.Process] = []
+    try:
+        wait_for_port(port, proc, "emulators.s3", log, 30)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "Granian serves from a worker process"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        _gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"orphaned worker(s) {[w.pid for w in alive]} hold port {port}"
+    finally:
+        stop_pid(proc.pid)
+        for w in workers:
+            if w.is_running():
+                stop_pid(w.pid)
+
+
 def test_storage_contract(storage: Storage) -> None:
     url = asyncio.run(storage.upload("r1.mp4", b"\x00\x00\x00\x18ftypmp42", "video/mp4", HEADERS))
     assert url.endswith("/vividly-videos/r1.mp4")
