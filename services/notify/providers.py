@@ -50,7 +50,8 @@ class SmtpMailer:
 
     def _open(self) -> smtplib.SMTP:
         smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        self.connections_opened += 1
+        with self._lock:  # sends run on several threads
+            self.connections_opened += 1
         return smtp
 
     def _give_back(self, smtp: smtplib.SMTP) -> None:
