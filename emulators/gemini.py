@@ -185,7 +185,6 @@ def make_app(knobs: Knobs | None = None) -> web.Application:
         )
 
     app.router.add_post("/{version:v1|v1beta}/models/{model_action}", model_action)
-    app["knobs"] = knobs
     return app
 
 

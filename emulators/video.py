@@ -192,7 +192,6 @@ def make_app(knobs: Knobs | None = None, work_dir: Path | None = None) -> web.Ap
     app.router.add_get("/v1/videos/{job_id}", status)
     app.router.add_get("/v1/videos/{job_id}/content", content)
     app.on_cleanup.append(cleanup)
-    app["knobs"] = knobs
     return app
 
 
