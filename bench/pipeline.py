@@ -258,8 +258,10 @@ class Bench:
     broker_env: dict[str, str]
     result: dict[str, Any]
 
-    def base_pids(self) -> dict[str, int]:
+    def pids(self, pipeline: Pipeline) -> dict[str, int]:
+        """Every process of a run by name: the pipeline's, the broker and Postgres."""
         return {
+            **{n: m.pid for n, m in pipeline.procs.items()},
             "kafka": self.broker.managed.pid if self.broker.managed else 0,
             "postgres": self.pg.managed.pid if self.pg.managed else 0,
         }
@@ -283,9 +285,7 @@ def framework(b: Bench) -> None:
         steady, _ = submit_many(b.tracker, b.publisher, args.steady_requests, rate=args.steady_rate)
         b.watch.wait(steady, 120, f"steady load ({args.steady_rate:.0f} req/s)")
         hand = b.watch.handoffs_ms(steady)
-        pids = {n: m.pid for n, m in pipeline.procs.items()}
-        pids.update(b.base_pids())
-        pids["bench (submit + watch)"] = os.getpid()
+        pids = {**b.pids(pipeline), "bench (submit + watch)": os.getpid()}
         before = cpu_seconds(pids)
         ids, t0 = submit_many(b.tracker, b.publisher, args.requests)
         last = b.watch.wait(ids, 600, f"{args.requests} requests at saturation")
@@ -330,8 +330,7 @@ def real_path(b: Bench, pipeline: Pipeline) -> None:
     """Part 2: emulators, moto's S3, SMTP, thumbnails: requests/s and where the CPU goes."""
     args, result = b.args, b.result
     console.print("[bold]2. real path (emulators, moto S3, SMTP, ffmpeg thumbnails)[/]")
-    pids = {n: m.pid for n, m in pipeline.procs.items()}
-    pids.update(b.base_pids())
+    pids = b.pids(pipeline)
     before = cpu_seconds(pids)
     ids, t0 = submit_many(b.tracker, b.publisher, args.real_requests)
     last = b.watch.wait(ids, 600, f"{args.real_requests} requests on the real path")
@@ -359,8 +358,7 @@ def inflight(b: Bench, pipeline: Pipeline) -> None:
     )
     pipeline.set_knobs("video", job_seconds=args.job_seconds)
     sampler = RssSampler({n: m.pid for n, m in pipeline.procs.items() if n in SERVICES})
-    pids = {n: m.pid for n, m in pipeline.procs.items()}
-    pids.update(b.base_pids())
+    pids = b.pids(pipeline)
     before = cpu_seconds(pids)
     ids, t0 = submit_many(b.tracker, b.publisher, args.inflight, varied=False)
     last = watch.wait(ids, 300, f"{args.inflight} requests, {args.job_seconds:.0f}s jobs")

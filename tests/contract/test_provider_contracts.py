@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -150,6 +151,14 @@ def test_video_api_contract(video_api: VideoAPI) -> None:
     assert data[4:8] == b"ftyp"
 
 
+def _start_s3_emulator(port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m emulators.s3`` on ``port``, answering; the caller stops it."""
+    log = tmp_path / "s3.log"
+    proc = _spawn([sys.executable, "-m", "emulators.s3", "--port", str(port)], log, cwd=ROOT)
+    wait_for_port(port, proc, "emulators.s3", log, 30)
+    return proc
+
+
 @pytest.fixture(params=["memory", "moto-server", "emulators.s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     """The in-process store; moto's full server; and the S3-only moto the stack runs."""
@@ -164,9 +173,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         server.start()
         stop = server.stop
     else:
-        log = tmp_path / "s3.log"
-        proc = _spawn([sys.executable, "-m", "emulators.s3", "--port", str(port)], log, cwd=ROOT)
-        wait_for_port(port, proc, "emulators.s3", log, 30)
+        proc = _start_s3_emulator(port, tmp_path)
 
         def stop() -> None:
             stop_pid(proc.pid)
@@ -186,11 +193,9 @@ def test_s3_emulator_worker_does_not_outlive_a_killed_server(tmp_path: Path) -> 
     import psutil
 
     port = free_port()
-    log = tmp_path / "s3.log"
-    proc = _spawn([sys.executable, "-m", "emulators.s3", "--port", str(port)], log, cwd=ROOT)
+    proc = _start_s3_emulator(port, tmp_path)
     workers: list[psutil.Process] = []
     try:
-        wait_for_port(port, proc, "emulators.s3", log, 30)
         workers = psutil.Process(proc.pid).children(recursive=True)
         assert workers, "Granian serves from a worker process"
         os.kill(proc.pid, signal.SIGKILL)
