@@ -151,6 +151,47 @@ def test_video_api_contract(video_api: VideoAPI) -> None:
     assert data[4:8] == b"ftyp"
 
 
+def test_video_emulator_serves_each_jobs_rendered_file(tmp_path: Path) -> None:
+    """Downloads are the rendered MP4's bytes (held in memory), 409 until the job is done."""
+    import urllib.error
+    import urllib.request
+
+    def get(url: str) -> tuple[int, str, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status, r.headers["Content-Type"], r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], exc.read()
+
+    async def submit(url: str, *scripts: str) -> list[str]:
+        api = HttpVideoAPI(Settings(video_api_url=url))
+        try:
+            return [await api.submit(s, 1, "Title", f"{s}:1", HEADERS) for s in scripts]
+        finally:
+            await api.close()
+
+    with serving(video_app(Knobs(job_seconds=0.5), work_dir=tmp_path)) as url:
+        tides, moon = asyncio.run(submit(url, "Tides rise twice a day.", "The Moon has phases."))
+        early = get(f"{url}/v1/videos/{tides}/content")
+        assert early[0] == 409
+        assert b"job is" in early[2]
+        videos = {}
+        for job in (tides, moon):
+            deadline = time.monotonic() + 30
+            while (status := get(f"{url}/v1/videos/{job}"))[0] == 200 and (
+                b'"completed"' not in status[2]
+            ):
+                assert time.monotonic() < deadline, status
+                time.sleep(0.1)
+            code, ctype, body = get(f"{url}/v1/videos/{job}/content")
+            assert (code, ctype) == (200, "video/mp4")
+            assert get(f"{url}/v1/videos/{job}/content")[2] == body, "the same bytes again"
+            videos[job] = body
+    rendered = {p.read_bytes() for p in tmp_path.glob("*.mp4")}
+    assert set(videos.values()) == rendered
+    assert len(rendered) == 2
+
+
 def _start_s3_emulator(port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
     """``python -m emulators.s3`` on ``port``, answering; the caller stops it."""
     log = tmp_path / "s3.log"
