@@ -8,7 +8,11 @@ embedded Postgres, and the five services as processes. Three parts:
 2. real path: emulators, moto's S3, the SMTP sink and real thumbnails at zero added
    latency: requests/s, and where the CPU goes (CPU seconds per process);
 3. concurrency: 2,000 requests in flight while the video emulator takes 20 s a job:
-   seconds until all completed, and each service's peak RSS.
+   seconds until all completed, and each service's peak RSS; then, as its baseline in
+   the same run, the external calls that follow a finished job (status poll, download,
+   thumbnail, two S3 puts, one email) made alone for as many requests by
+   ``bench.external``: the job time plus that is ``inflight_floor_s``, what part 3
+   would take if the pipeline itself cost nothing.
 
     .venv/bin/python -m bench.pipeline [--requests 3000] [--real-requests 300]
                                        [--inflight 2000] [--job-seconds 20]
@@ -26,6 +30,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -385,6 +390,59 @@ def inflight(b: Bench, pipeline: Pipeline) -> None:
     result["rss_mb_by_service"] = rss
     result["failed"] = len(watch.failed)
     console.print(f"  all done in {result['inflight_2000_s']} s; peak RSS {rss}")
+    external_baseline(b, pipeline)
+
+
+def external_baseline(b: Bench, pipeline: Pipeline) -> None:
+    """Part 3's baseline, measured in the same run on the same stand-ins: the external
+    calls that follow a finished job (poll, download, thumbnail, two S3 puts, one
+    email) for as many requests, made alone by ``bench.external`` with the services
+    stopped. ``inflight_floor_s`` is the job time plus that: what part 3 would take if
+    every job were submitted at once and the pipeline itself cost nothing."""
+    args, result = b.args, b.result
+    console.print("[bold]3b. baseline: the same external calls alone (no Kafka, no tracking)[/]")
+    for name in SERVICES:
+        pipeline.stop_service(name)
+    pipeline.set_knobs("video", job_seconds=0.0)
+    pids = {n: m.pid for n, m in pipeline.procs.items()}
+    before = cpu_seconds(pids)
+    with console.status(f"{args.inflight} requests' external calls"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.external",
+                "--video-url",
+                pipeline.video_url,
+                "--s3-url",
+                pipeline.s3_url,
+                "--smtp-port",
+                str(pipeline.ports.smtp),
+                "--requests",
+                str(args.inflight),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"bench.external failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    used = {n: v - before.get(n, 0) for n, v in cpu_seconds(pids).items()}
+    used["client (services' clients)"] = measured["cpu_s"]
+    n = measured["requests"]
+    floor = args.job_seconds + measured["seconds"]
+    result["inflight_external_calls_s"] = measured["seconds"]
+    result["inflight_floor_s"] = round(floor, 1)
+    result["inflight_vs_floor"] = round(result["inflight_2000_s"] / floor, 2)
+    result["external_cpu_ms_per_request"] = {
+        k: round(1000 * v / n, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0
+    }
+    console.print(
+        f"  external calls alone: {measured['seconds']} s ({measured['requests_per_s']} req/s); "
+        f"floor {floor:.1f} s; the pipeline took {result['inflight_vs_floor']}x that"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
