@@ -1,4 +1,4 @@
-"""Monitoring API benchmark on the local stack (Tansu broker + embedded Postgres).
+"""Monitoring API benchmark on the local stack (Apache Kafka + embedded Postgres).
 
 1. A read model of ``--requests`` requests and ten times as many events is generated in
    Postgres (bench/gen_read_model.py), then one API process serves it.
@@ -41,7 +41,7 @@ from vividly.auth import mint
 from vividly.config import Settings
 from vividly.pipeline import Pipeline, PipelinePorts
 from vividly.publish import KafkaPublisher
-from vividly.stack import EmbeddedPostgres, TansuBroker, free_port
+from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.tracker import RequestTracker
 
 console = Console(stderr=True)
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vividly-bench-api-"))
     os.environ.setdefault("VIVIDLY_PG_FAST", "1")
     pg = EmbeddedPostgres(work / "pg", free_port())
-    broker = TansuBroker(free_port(), work / "tansu")
+    broker = ApacheKafkaBroker(work / "kafka", heap="512m")
     pipeline: Pipeline | None = None
     try:
         with console.status("starting Postgres and the broker…"):

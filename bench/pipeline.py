@@ -1,6 +1,5 @@
 """Pipeline benchmark on the local stack: Apache Kafka (the broker production runs; the
-jars `make setup` fetched) or the embedded Tansu broker (``--broker tansu``), the
-embedded Postgres, and the five services as processes. Three parts:
+jars `make setup` fetched), the embedded Postgres, and the five services as processes. Three parts:
 
 1. framework: all five services with in-process null providers (same interfaces, no
    network, no rendering): end-to-end requests/s at saturation, and stage hand-off
@@ -16,7 +15,7 @@ embedded Postgres, and the five services as processes. Three parts:
 
     .venv/bin/python -m bench.pipeline [--requests 3000] [--real-requests 300]
                                        [--inflight 2000] [--job-seconds 20]
-                                       [--broker apache|tansu] [--parts 1,2,3]
+                                       [--parts 1,2,3]
 
 The last line printed is one JSON object with requests_per_s, handoff_p50_ms,
 handoff_p99_ms, real_requests_per_s, inflight_2000_s, max_rss_mb (and details).
@@ -52,7 +51,7 @@ from vividly.db import migrate
 from vividly.events import decode_envelope
 from vividly.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus_sync
 from vividly.publish import KafkaPublisher
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, TansuBroker, free_port
+from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.submit import submit_request
 from vividly.tracker import RequestTracker
 
@@ -255,7 +254,7 @@ class Bench:
 
     args: argparse.Namespace
     home: Path
-    broker: TansuBroker | ApacheKafkaBroker
+    broker: ApacheKafkaBroker
     pg: EmbeddedPostgres
     tracker: RequestTracker
     publisher: KafkaPublisher
@@ -448,13 +447,10 @@ def external_baseline(b: Bench, pipeline: Pipeline) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     os.environ["VIVIDLY_PG_FAST"] = "1"
-    broker: TansuBroker | ApacheKafkaBroker
-    if args.broker == "apache":
-        broker = ApacheKafkaBroker(home / "kafka", heap="512m")
-    else:
-        broker = TansuBroker(free_port(), home)
+    broker: ApacheKafkaBroker
+    broker = ApacheKafkaBroker(home / "kafka", heap="512m")
     pg = EmbeddedPostgres(home / "pgdata", free_port())
-    result: dict[str, Any] = {"broker": args.broker}
+    result: dict[str, Any] = {"broker": "apache"}
     pipeline: Pipeline | None = None
     watch: Watch | None = None
     try:
@@ -473,12 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             RequestTracker(publisher, producer="bench"),
             publisher,
             watch,
-            # Apache Kafka answers a waiting fetch as soon as data arrives; Tansu holds
-            # it for the whole wait, so there a short wait is the hand-off latency.
-            {
-                "VIVIDLY_FETCH_WAIT_MAX_MS": "100" if args.broker == "apache" else "5",
-                **dict(args.set),
-            },
+            dict(args.set),
             result,
         )
         if 1 in args.parts:
@@ -526,7 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-requests", type=int, default=300)
     p.add_argument("--inflight", type=int, default=2000)
     p.add_argument("--job-seconds", type=float, default=20.0)
-    p.add_argument("--broker", choices=("apache", "tansu"), default="apache")
     p.add_argument("--parts", type=parts, default={1, 2, 3}, help="e.g. 1 or 2,3")
     p.add_argument(
         "--set",

@@ -1,4 +1,4 @@
-"""Projector benchmark on the local stack (Tansu broker + embedded Postgres).
+"""Projector benchmark on the local stack (Apache Kafka + embedded Postgres).
 
 1. A realistic event mix is built with the real tracker (per request: created, started,
    six stages started/completed with outputs, a cache-hit log line, video progress
@@ -38,7 +38,7 @@ from vividly.config import STAGES, Settings
 from vividly.db import migrate
 from vividly.events import WorkItem
 from vividly.publish import KafkaPublisher
-from vividly.stack import EmbeddedPostgres, TansuBroker, free_port
+from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.tracker import RequestTracker
 
 console = Console(stderr=True)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vividly-bench-proj-"))
     os.environ.setdefault("VIVIDLY_PG_FAST", "1")
     pg = EmbeddedPostgres(work / "pg", free_port())
-    broker = TansuBroker(free_port(), work / "tansu")
+    broker = ApacheKafkaBroker(work / "kafka", heap="512m")
     try:
         with console.status("starting Postgres and the broker…"):
             pg.start()

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.tracker [--calls 100000] [--rate-events 300000]
                                       [--bootstrap HOST:PORT]
 
-Without --bootstrap it starts the embedded Tansu broker on a free port and stops it at
+Without --bootstrap it starts Apache Kafka on a free port and stops it at
 the end. The last line printed is one JSON object with: tracker_p50_us, tracker_p99_us,
 produce_p50_us, ratio_p50, publish_events_per_s, produce_events_per_s (and a few more).
 """
@@ -27,7 +27,7 @@ from rich.progress import Progress
 from vividly.bus import ensure_topics
 from vividly.config import Settings
 from vividly.publish import KafkaPublisher, producer_config
-from vividly.stack import TansuBroker, free_port
+from vividly.stack import ApacheKafkaBroker
 from vividly.tracker import RequestTracker
 
 console = Console(stderr=True)
@@ -166,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracker", description=__doc__)
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--rate-events", type=int, default=300_000)
-    parser.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
+    parser.add_argument("--bootstrap", help="use this broker instead of starting Apache Kafka")
     args = parser.parse_args(argv)
-    broker: TansuBroker | None = None
+    broker: ApacheKafkaBroker | None = None
     if args.bootstrap is None:
-        broker = TansuBroker(free_port(), Path(tempfile.mkdtemp(prefix="bench-tansu-")))
+        broker = ApacheKafkaBroker(Path(tempfile.mkdtemp(prefix="bench-kafka-")))
         broker.start()
         bootstrap = broker.bootstrap
     else:

@@ -1,8 +1,7 @@
 """Fixtures that start real infrastructure on free ports and stop it by PID.
 
-``broker`` is parametrised over the brokers named in VIVIDLY_TEST_BROKERS (default
-``tansu,apache``): the same test body runs against the embedded Tansu broker and
-against Apache Kafka itself. ``postgres`` is an embedded Postgres 18 + pgvector.
+``broker`` is Apache Kafka (KRaft, one node), started once per session; ``postgres`` is
+an embedded Postgres 18 + pgvector.
 """
 
 from __future__ import annotations
@@ -16,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from vividly.config import Settings
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, TansuBroker, free_port
+from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 
-BROKERS = [b for b in os.environ.get("VIVIDLY_TEST_BROKERS", "tansu,apache").split(",") if b]
+BROKERS = ["apache"]
 
 
 @dataclass(frozen=True)
@@ -42,17 +41,13 @@ class BrokerPool:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self._started: dict[str, tuple[Broker, TansuBroker | ApacheKafkaBroker]] = {}
+        self._started: dict[str, tuple[Broker, ApacheKafkaBroker]] = {}
 
     def get(self, kind: str) -> Broker:
         if kind not in self._started:
-            proc: TansuBroker | ApacheKafkaBroker
-            if kind == "tansu":
-                proc = TansuBroker(free_port(), self.workdir / "tansu")
-            elif kind == "apache":
-                proc = ApacheKafkaBroker(self.workdir / "apache")
-            else:
-                raise ValueError(f"unknown broker {kind!r} in VIVIDLY_TEST_BROKERS")
+            if kind != "apache":
+                raise ValueError(f"unknown broker {kind!r}")
+            proc = ApacheKafkaBroker(self.workdir / "apache")
             proc.start()
             self._started[kind] = (Broker(kind, proc.bootstrap), proc)
         return self._started[kind][0]

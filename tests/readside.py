@@ -65,7 +65,7 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 20.0, what: str = "con
 def side(
     broker_pool: BrokerPool, postgres: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ReadSide]:
-    broker = broker_pool.get("tansu")
+    broker = broker_pool.get("apache")
     home = tmp_path_factory.mktemp("readside")
     pipeline = Pipeline(
         broker.bootstrap,

@@ -35,12 +35,19 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from vividly import metrics
-from vividly.config import DLQ_TOPIC, Settings
+from vividly.config import DLQ_TOPIC, TRACKING_TOPIC, Settings
 from vividly.events import (
     H_CORRELATION,
     H_TRACEPARENT,
@@ -125,18 +132,32 @@ class LoopStats:
     in_flight: int = 0
 
 
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """Per-topic configuration: ``tracking.events`` is the source of truth, so it is kept
+    for ``tracking_retention_ms`` (forever by default), never Kafka's 7-day default."""
+    if name == TRACKING_TOPIC:
+        return {"retention.ms": str(settings.tracking_retention_ms), "retention.bytes": "-1"}
+    return {}
+
+
 def ensure_topics(settings: Settings, topics: Mapping[str, int], timeout: float = 30.0) -> None:
-    """Create ``topics`` (name → partitions) if missing. Existing topics are left alone."""
+    """Create ``topics`` (name → partitions) if missing, with :func:`topic_config`; an
+    existing topic keeps its partitions but gets its configuration applied."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
     missing = [
-        NewTopic(name, num_partitions=parts, replication_factor=settings.replication_factor)
+        NewTopic(
+            name,
+            num_partitions=parts,
+            replication_factor=settings.replication_factor,
+            config=topic_config(settings, name),
+        )
         for name, parts in topics.items()
         if name not in existing
     ]
-    if not missing:
-        return
-    for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+    for name, fut in (
+        admin.create_topics(missing, operation_timeout=timeout).items() if missing else ()
+    ):
         try:
             fut.result(timeout)
         except KafkaException as exc:
@@ -144,13 +165,41 @@ def ensure_topics(settings: Settings, topics: Mapping[str, int], timeout: float 
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
         log.info("topic ready", extra={"topic": name})
+    _apply_topic_configs(admin, settings, [t for t in topics if t in existing], timeout)
     # Metadata for new topics can lag behind the create on some brokers.
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while missing and time.monotonic() < deadline:
         known = admin.list_topics(timeout=timeout).topics
         if all(t in known and not known[t].error for t in topics):
             return
         time.sleep(0.1)
+
+
+def _apply_topic_configs(
+    admin: AdminClient, settings: Settings, names: Sequence[str], timeout: float
+) -> None:
+    """Bring existing topics' configuration to :func:`topic_config` (only what differs)."""
+    wanted = {n: topic_config(settings, n) for n in names}
+    resources = [ConfigResource(ResourceType.TOPIC, n) for n, c in wanted.items() if c]
+    if not resources:
+        return
+    changes = []
+    for res, fut in admin.describe_configs(resources, request_timeout=timeout).items():
+        current = fut.result(timeout)
+        entries = [
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+            for k, v in wanted[res.name].items()
+            if k not in current or current[k].value != v
+        ]
+        if entries:
+            changes.append(
+                ConfigResource(ResourceType.TOPIC, res.name, incremental_configs=entries)
+            )
+    if not changes:
+        return
+    for res, fut in admin.incremental_alter_configs(changes, request_timeout=timeout).items():
+        fut.result(timeout)
+        log.info("topic configuration applied", extra={"topic": res.name})
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The ``vividly`` command: the local stack (up/down/status) and database migrations.
 
-``vividly up`` starts the embedded default (Tansu broker + Postgres with pgvector),
-creates the topics, applies migrations, and stays in the foreground until Ctrl-C;
+``vividly up`` starts the embedded default (Apache Kafka, its log on disk under
+``VIVIDLY_HOME``, + Postgres with pgvector), creates the topics, applies migrations,
+starts and supervises the pipeline, and stays in the foreground until Ctrl-C;
 ``--detach`` runs it in the background. State (data, logs, ``stack.json``) lives under
 ``VIVIDLY_HOME`` (default ``.vividly``).
 """
@@ -150,13 +151,16 @@ def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> in
 def _up_foreground(state: StackState, settings: Settings, infra_only: bool = False) -> int:
     from vividly.bus import ensure_topics
     from vividly.db import migrate
+    from vividly.metrics import serve_metrics
     from vividly.pipeline import Pipeline, PipelinePorts, load_corpus
-    from vividly.stack import EmbeddedPostgres, StackError, TansuBroker
+    from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, StackError, free_port
+    from vividly.supervisor import Supervisor, Watched
 
     home = state.home
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    _supervisor_logging(home)
     components: list[Any] = []
     info: dict[str, Any] = {
         "supervisor_pid": os.getpid(),
@@ -169,19 +173,39 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
     pipeline: Pipeline | None = None
     code = 0
 
-    def record(name: str, managed: Any) -> None:
-        info["processes"][name] = {"pid": managed.pid, "url": managed.url, "log": str(managed.log)}
+    def record(name: str, managed: Any, restarts: int = 0) -> None:
+        info["processes"][name] = {
+            "pid": managed.pid,
+            "url": managed.url,
+            "log": str(managed.log),
+            "restarts": restarts,
+        }
         state.write(info)
 
+    def restarted(w: Watched) -> None:
+        record(w.name, w.managed, w.restarts)
+        err.print(
+            f"[yellow]{w.name} exited[/] (code {w.last_exit}); started again "
+            f"(pid {w.managed.pid}, restart {w.restarts}); see {w.managed.log}"
+        )
+
+    supervisor = Supervisor(on_change=restarted)
     try:
         pg = EmbeddedPostgres(home / "pgdata", settings.pg_port)
-        broker = TansuBroker(settings.kafka_port, home)
+        broker = ApacheKafkaBroker(
+            home / "kafka",
+            port=settings.kafka_port,
+            controller_port=settings.kafka_controller_port,
+            heap=settings.kafka_heap,
+        )
         with console.status("starting Postgres…"):
             components.append(pg)
             record("postgres", pg.start())
-        with console.status("starting the Kafka broker (Tansu)…"):
+        with console.status("starting the Kafka broker (Apache Kafka, log in VIVIDLY_HOME)…"):
             components.append(broker)
             record("kafka", broker.start())
+        info["kafka_log_dir"] = str(broker.workdir / "data")
+        info["kafka_cluster_id"] = broker.cluster_id
         topic_settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         with console.status("creating topics…"):
             ensure_topics(topic_settings, stack_topics(settings))
@@ -189,6 +213,10 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
             applied = asyncio.run(migrate(pg.url))
         info["migrations_applied"] = applied
         info["topics"] = sorted(stack_topics(settings))
+        assert pg.managed is not None
+        assert broker.managed is not None
+        supervisor.watch("postgres", pg.managed, pg.start)
+        supervisor.watch("kafka", broker.managed, broker.start)
         if not infra_only:
             pipeline = Pipeline(
                 broker.bootstrap,
@@ -225,24 +253,21 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
                 pipeline.start_service("api")
             for name, managed in pipeline.procs.items():
                 record(name, managed)
+                supervisor.watch(name, managed, lambda n=name: pipeline.restart(n))  # type: ignore[misc]
             info["dashboard"] = f"{pipeline.api_url}/monitoring/dashboard"
             info["api"] = pipeline.api_url
             info["mail_dir"] = str(pipeline.mail_dir)
             info["videos"] = f"{pipeline.s3_url}/{settings.s3_bucket}/"
             info["env"] = {k: v for k, v in pipeline.env().items() if k.startswith("VIVIDLY_")}
+        metrics_port = free_port()
+        serve_metrics("127.0.0.1", metrics_port)
+        info["supervisor_metrics"] = f"http://127.0.0.1:{metrics_port}/metrics"
         info["status"] = "ready"
         state.write(info)
         _print_status(info, settings)
         console.print("Press [bold]Ctrl-C[/] to stop everything.")
         while not stop.wait(0.5):
-            dead = _dead_process(components, pipeline)
-            if dead:
-                err.print(
-                    f"[red]{dead.name} exited[/] (code {dead.proc.returncode}); "
-                    f"see {dead.log}. Stopping the stack."
-                )
-                code = 1
-                stop.set()
+            supervisor.check()
     except StackError as exc:
         err.print(f"[red]Cannot start the local stack:[/] {exc}")
         code = 1
@@ -257,14 +282,20 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
     return code
 
 
-def _dead_process(components: list[Any], pipeline: Any) -> Any:
-    procs = [c.managed for c in components if c.managed is not None]
-    if pipeline is not None:
-        procs.extend(pipeline.procs.values())
-    for m in procs:
-        if m.proc.poll() is not None:
-            return m
-    return None
+def _supervisor_logging(home: Path) -> None:
+    """The supervisor's own log: JSON lines in ``<home>/logs/supervisor.log``."""
+    import logging
+
+    from vividly.logs import JsonFormatter
+
+    path = home / "logs" / "supervisor.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter("supervisor"))
+    sup = logging.getLogger("vividly.supervisor")
+    sup.handlers[:] = [handler]
+    sup.setLevel(logging.INFO)
+    sup.propagate = False
 
 
 def _load_corpus_with_progress(load: Any, database_url: str, gemini_url: str) -> int:
@@ -332,17 +363,23 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
     table = Table(title=f"Vividly local stack ({data.get('status', '?')})")
     table.add_column("component")
     table.add_column("pid", justify="right")
+    table.add_column("restarts", justify="right")
     table.add_column("address", overflow="fold")
     table.add_column("log", overflow="fold")
     for name, proc in data.get("processes", {}).items():
         alive = proc.get("alive", True)
         table.add_row(
-            name if alive else f"{name} [red](dead)[/]",
+            name if alive else f"{name} [red](down, restarting)[/]",
             str(proc["pid"]),
+            str(proc.get("restarts", 0)),
             proc["url"],
             proc.get("log", ""),
         )
     console.print(table)
+    if data.get("kafka_log_dir"):
+        console.print(
+            f"the log (tracking.events, kept forever) is on disk in {data['kafka_log_dir']}"
+        )
     kafka = data.get("processes", {}).get("kafka", {}).get("url")
     pg = data.get("processes", {}).get("postgres", {}).get("url")
     if kafka and pg:
@@ -372,11 +409,16 @@ def stack_settings(settings: Settings) -> Settings:
             "VIVIDLY_KAFKA_BOOTSTRAP": procs.get("kafka", {}).get("url"),
             "VIVIDLY_DATABASE_URL": procs.get("postgres", {}).get("url"),
         }
+    from pydantic import TypeAdapter
+
     update: dict[str, Any] = {}
     for key, value in env.items():
         name = key.removeprefix("VIVIDLY_").lower()
-        if value and name in Settings.model_fields and key not in os.environ:
-            update[name] = value
+        field = Settings.model_fields.get(name)
+        if value and field is not None and field.annotation and key not in os.environ:
+            # stack.json holds strings: give each setting its own type (home a Path, a
+            # port an int), as reading the environment would; model_copy does not.
+            update[name] = TypeAdapter(field.annotation).validate_python(value)
     return settings.model_copy(update=update) if update else settings
 
 

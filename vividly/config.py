@@ -68,14 +68,17 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1, description="Partitions per topic on create.")
     replication_factor: int = Field(default=1, ge=1)
     fetch_wait_max_ms: int = Field(
-        default=5,
+        default=100,
         ge=0,
-        description="How long the broker may hold a fetch for data. Tansu (the embedded "
-        "default) holds it the whole time, so it is the hand-off latency there; Apache "
-        "Kafka answers as soon as data arrives, so use 100 with it (docker-compose does).",
+        description="How long the broker may hold a fetch for data; Apache Kafka answers "
+        "as soon as data arrives, so this bounds idle polling, not the hand-off latency.",
     )
-    session_timeout_ms: int = Field(
-        default=6000, ge=1000, description="Consumer session timeout (Tansu joins take ~half)."
+    session_timeout_ms: int = Field(default=6000, ge=1000, description="Consumer session timeout.")
+    tracking_retention_ms: int = Field(
+        default=-1,
+        ge=-1,
+        description="retention.ms of tracking.events: -1 keeps the log forever (it is the "
+        "source of truth). Applied when topics are created and to existing topics.",
     )
     producer_linger_ms: float = Field(default=1.0, ge=0)
     producer_compression: str = Field(default="lz4")
@@ -110,6 +113,12 @@ class Settings(BaseSettings):
     # --- the embedded local stack ------------------------------------------------------
     home: Path = Field(default=Path(".vividly"), description="Where the local stack keeps state.")
     kafka_port: int = Field(default=9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(
+        default=9093, ge=1, le=65535, description="The embedded broker's KRaft controller."
+    )
+    kafka_heap: str = Field(
+        default="384m", pattern=r"^[0-9]+[mMgG]$", description="The embedded broker's JVM heap."
+    )
     pg_port: int = Field(default=5433, ge=1, le=65535)
     api_port: int = Field(default=8000, ge=1, le=65535)
     gemini_port: int = Field(default=8701, ge=1, le=65535, description="Gemini emulator.")
@@ -165,6 +174,13 @@ class Settings(BaseSettings):
     # --- the read side -----------------------------------------------------------------
     projector_batch_max: int = Field(
         default=10_000, ge=1, description="Most tracking events folded in one transaction."
+    )
+    projector_on_log_mismatch: str = Field(
+        default="refuse",
+        pattern="^(refuse|rebuild)$",
+        description="When the read model's stored offsets do not belong to the log (another "
+        "cluster, a recreated topic, offsets past the end or before the start): refuse to "
+        "fold (exit; `vividly projector rebuild` mends it) or rebuild from the log.",
     )
     api_host: str = Field(default="127.0.0.1", description="Where the monitoring API listens.")
     jwt_secret: str | None = Field(

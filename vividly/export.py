@@ -12,6 +12,7 @@ import csv
 import io
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,7 +111,6 @@ def read_events(
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Decoded events in the range, partition by partition interleaved as consumed."""
-    started = datetime.now(UTC)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -142,27 +142,29 @@ def read_events(
         if on_total is not None:
             on_total(sum(remaining.values()))
         consumer.assign([TopicPartition(topic, p, starts[p]) for p in parts])
-        # Events newer than the export's start (or --until) are left out, so the range is
-        # a snapshot. Past the watermarks it reads on until the log is quiet, because some
-        # brokers (Tansu) report a watermark short of the last batch.
-        cutoff_ms = (flt.until or started).timestamp() * 1000
-        quiet_polls = 0
-        while quiet_polls < (50 if remaining else 2):
+        # The range is a snapshot: it ends at the end offsets read above (or --until's).
+        # A partition that stops answering for long is reported, not waited on forever.
+        quiet_since = time.monotonic()
+        while remaining:
             msgs = consumer.consume(2000, 0.25)
             if not msgs:
-                quiet_polls += 1
+                if time.monotonic() - quiet_since > 30:
+                    raise RuntimeError(
+                        f"the log stopped short of its end offsets on partitions "
+                        f"{sorted(remaining)}; is the broker up?"
+                    )
                 continue
-            quiet_polls = 0
+            quiet_since = time.monotonic()
             done = 0
             for m in msgs:
                 if m.error() is not None:
                     continue
                 p, off = m.partition() or 0, m.offset() or 0
+                if off >= ends.get(p, 0):
+                    continue
                 done += 1
                 if p in remaining and off + 1 >= ends[p]:
                     remaining.pop(p, None)
-                if m.timestamp()[1] > cutoff_ms or (flt.until is not None and off >= ends[p]):
-                    continue
                 env = Envelope()
                 try:
                     env.ParseFromString(m.value() or b"")

@@ -90,6 +90,16 @@ projector_lag = Gauge(
     "How far the read model is behind the newest tracking event (0 when caught up).",
     ["schema"],
 )
+projector_quarantined = Counter(
+    "vividly_projector_quarantined",
+    "Tracking events the fold could not take, kept aside in the quarantine table",
+    ["schema"],
+)
+projector_log_mismatch = Counter(
+    "vividly_projector_log_mismatch",
+    "Times the stored offsets did not belong to the log being read (refused or rebuilt)",
+    ["schema"],
+)
 projector_batch = Histogram(
     "vividly_projector_batch_seconds",
     "Time to fold and commit one batch.",

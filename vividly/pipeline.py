@@ -51,6 +51,9 @@ class Pipeline:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Managed] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    _specs: dict[str, tuple[list[str], int | None, dict[str, str] | None, str]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def mail_dir(self) -> Path:
@@ -69,7 +72,10 @@ class Pipeline:
         return f"http://127.0.0.1:{self.ports.s3}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VIVIDLY_")}
+        """The services' environment: the caller's own (its ``VIVIDLY_*`` settings
+        included: a user's ``VIVIDLY_STAGE_MAX_ATTEMPTS`` reaches the services), with the
+        stack's addresses on top."""
+        env = dict(os.environ)
         env.update(
             {
                 "VIVIDLY_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
@@ -97,6 +103,7 @@ class Pipeline:
         env: dict[str, str] | None = None,
         url: str = "",
     ) -> Managed:
+        self._specs[name] = (args, port, env, url)
         log = self.home / "logs" / f"{name}.log"
         proc = _spawn([sys.executable, *args], log, cwd=ROOT, env={**self.env(), **(env or {})})
         if port is not None:
@@ -105,6 +112,17 @@ class Pipeline:
         managed = Managed(name, proc, url, log)
         self.procs[name] = managed
         return managed
+
+    def restart(self, name: str, wait: bool = False) -> Managed:
+        """Start ``name`` again exactly as it was started (same arguments, ports and
+        environment), after it exited; the supervisor's and the fault suite's restart."""
+        if name not in self._specs:
+            raise ValueError(f"{name!r} was never started")
+        old = self.procs.pop(name, None)
+        if old is not None and old.proc.poll() is None:
+            old.stop()
+        args, port, env, url = self._specs[name]
+        return self._python(name, args, port if wait else None, env, url)
 
     def start_emulators(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

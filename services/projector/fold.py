@@ -20,6 +20,8 @@ Rules a reader of the tables can rely on:
 from __future__ import annotations
 
 import bisect
+import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +54,13 @@ N_BUCKETS = len(DURATION_BOUNDS_MS) + 1
 
 ACTIVE = ("queued", "running", "waiting")
 TERMINAL = frozenset({"completed", "failed"})
+#: A stage attempt's statuses that nothing later changes (see store.py's merge too).
+ATTEMPT_FINAL = frozenset({"completed", "failed"})
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+#: Seconds of the datetimes Postgres and Python both hold (years 1..9999).
+_MIN_S, _MAX_S = -62135596800, 253402300799
 _SEVERITY = {0: "info", 1: "debug", 2: "info", 3: "warning", 4: "error", 5: "critical"}
 
 
@@ -244,11 +253,13 @@ class Batch:
         return known.student_id if known is not None else None
 
     def stage(self, rid: str, stage: str, attempt: int, status: str) -> StageDelta:
+        """The attempt's row. Its first outcome (completed or failed) is final: a
+        redelivered StageStarted never turns a finished attempt back to running."""
         key = (rid, stage, attempt)
         row = self.stages.get(key)
         if row is None:
             row = self.stages[key] = StageDelta(status)
-        else:
+        elif row.status not in ATTEMPT_FINAL:
             row.status = status
         return row
 
@@ -323,7 +334,8 @@ def _stage_started(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
         d.current_stage = ev.stage
     d.attempts[ev.stage] = ev.attempt
     row = b.stage(env.request_id, ev.stage, ev.attempt, "running")
-    row.started_at = at
+    if row.started_at is None:
+        row.started_at = at
     m, h = b.metric(at, ev.stage)
     m.started += 1
     h.started += 1
@@ -489,6 +501,31 @@ _FOLDERS: dict[str, Folder] = {
     "breaker_state_changed": _breaker_state_changed,
 }
 FOLDED_TYPES = frozenset(_FOLDERS)
+
+
+def poison_reason(env: Envelope) -> str | None:
+    """Why an envelope cannot be folded (it goes to quarantine), or None. Cheap checks
+    only; what Postgres itself rejects is isolated and quarantined by the projector."""
+    if not env.event_id:
+        return "no event_id"
+    if not _UUID.match(env.event_id):
+        return f"event_id {env.event_id[:60]!r} is not a UUID"
+    if not _MIN_S <= env.occurred_at.seconds <= _MAX_S:
+        return f"occurred_at {env.occurred_at.seconds} s is out of range"
+    kind = env.WhichOneof("event")
+    if kind in ("stage_completed", "stage_failed"):
+        duration = getattr(env, kind).duration_ms
+        if not math.isfinite(duration):
+            return f"{kind}.duration_ms is {duration!r}"
+    if kind in ("stage_retry_scheduled", "request_waiting"):
+        t = (
+            env.stage_retry_scheduled.due_at
+            if kind == "stage_retry_scheduled"
+            else env.request_waiting.until
+        )
+        if not _MIN_S <= t.seconds <= _MAX_S:
+            return f"{kind} time {t.seconds} s is out of range"
+    return None
 
 
 def fold_batch(envelopes: Iterable[Envelope], known: dict[str, Known]) -> Batch:

@@ -6,7 +6,9 @@ Wiring only: settings, logging, migrations, then the :class:`Projector` loop unt
 from __future__ import annotations
 
 import asyncio
+import sys
 
+from services.projector.logid import LogMismatch
 from services.projector.runner import Projector
 from vividly.config import TRACKING_TOPIC, Settings
 from vividly.db import migrate
@@ -27,7 +29,14 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings(producer_name="projector")
     configure_logging("projector", settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except LogMismatch as exc:
+        # Logged in full already; refusing is the point: nothing is folded onto the
+        # wrong positions. `vividly projector rebuild` (or
+        # VIVIDLY_PROJECTOR_ON_LOG_MISMATCH=rebuild) mends it.
+        print(f"projector refused to fold: {exc}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

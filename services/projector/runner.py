@@ -23,9 +23,18 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from services.projector.store import LIVE_SCHEMA, ReadModelStore, Record, quote_ident
+from services.projector.logid import LogIdentity, LogMismatch, check, read_log
+from services.projector.store import (
+    LIVE_SCHEMA,
+    FoldResult,
+    ReadModelStore,
+    Record,
+    is_data_error,
+    quote_ident,
+)
 from vividly import metrics
 from vividly.bus import _take, consumer_config
 from vividly.config import TRACKING_TOPIC, Settings
@@ -92,7 +101,25 @@ class Projector:
             self.settings, self.group_id or f"vividly-fold-{self.store.schema}", "projector"
         )
         conf["fetch.wait.max.ms"] = max(self.settings.fetch_wait_max_ms, 10)
+        # A position the log does not have is a mismatch to report, never a silent jump
+        # to the start or the end.
+        conf["auto.offset.reset"] = "error"
         self._consumer = Consumer(conf)
+
+    async def verify_log(self) -> LogIdentity:
+        """Check that the stored offsets belong to the log about to be read (see
+        :mod:`services.projector.logid`); record its identity. Raises LogMismatch."""
+        assert self._consumer is not None
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        actual, marks = await asyncio.to_thread(read_log, admin, self._consumer, self.topic)
+        stored = await self.store.identity(self._conn, self.topic)
+        offsets = await self.store.offsets(self._conn, self.topic)
+        reasons = check(self.topic, stored, actual, offsets, marks)
+        if reasons:
+            raise LogMismatch("; ".join(reasons))
+        if stored is None:
+            await self.store.record_identity(self._conn, self.topic, actual)
+        return actual
 
     async def close(self) -> None:
         if self._prefetch is not None:
@@ -177,7 +204,13 @@ class Projector:
         floor_ms = since.timestamp() * 1000 if since is not None else None
         positions = self.stats.positions
         for m in msgs:
-            if m.error() is not None:
+            err = m.error()
+            if err is not None:
+                if err.code() in _POSITION_GONE:
+                    raise LogMismatch(
+                        f"{m.topic()}[{m.partition()}]: the stored position is not in the log "
+                        f"({err.str()})"
+                    )
                 continue
             topic, part, off = m.topic() or self.topic, m.partition() or 0, m.offset() or 0
             positions[part] = max(positions.get(part, 0), off + 1)
@@ -195,9 +228,16 @@ class Projector:
             return len(msgs)
         conn = self._conn
         began = time.perf_counter()
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
-            result = await self.store.write(conn, records)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+                result = await self.store.write(conn, records)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            # One event of the batch is poison (Postgres or the fold rejected it): fold
+            # the batch event by event, quarantining what is rejected, and go on.
+            result = await self._write_isolating(records, exc)
         if self.group_id:  # the live projector's figures, not a rebuild's or a replay's
             schema = self.store.schema
             metrics.projector_batch.labels(schema).observe(time.perf_counter() - began)
@@ -224,6 +264,27 @@ class Projector:
             self.on_batch(s)
         return len(msgs)
 
+    async def _write_isolating(self, records: list[Record], first: BaseException) -> FoldResult:
+        log.warning(
+            "a batch was rejected; folding it event by event to quarantine the poison",
+            extra={"events": len(records), "error": f"{type(first).__name__}: {first}"},
+        )
+        conn = self._conn
+        total = FoldResult(0, 0, 0, 0, 0, None)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+            for rec in records:
+                try:
+                    async with conn.transaction():  # a savepoint per event
+                        r = await self.store.write(conn, [rec])
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        raise
+                    await self.store.quarantine(conn, rec, f"rejected: {type(exc).__name__}: {exc}")
+                    r = FoldResult(1, 0, 0, 1, 0, None)
+                total = total.plus(r)
+        return total
+
     async def run(self) -> ProjectorStats:
         """The live projector: until stop() (SIGTERM/SIGINT)."""
         loop = asyncio.get_running_loop()
@@ -232,6 +293,7 @@ class Projector:
                 loop.add_signal_handler(sig, self.stop)
         await self.open()
         try:
+            await self._verify_or_rebuild()
             await self.subscribe()
             while not self._stop.is_set():
                 try:
@@ -250,6 +312,25 @@ class Projector:
             extra={"folded": self.stats.folded, "duplicates": self.stats.duplicates},
         )
         return self.stats
+
+    async def _verify_or_rebuild(self) -> None:
+        try:
+            await self.verify_log()
+            return
+        except LogMismatch as exc:
+            metrics.projector_log_mismatch.labels(self.store.schema).inc()
+            policy = self.settings.projector_on_log_mismatch
+            log.critical(
+                "the read model's stored offsets do not belong to this log",
+                extra={"reason": str(exc), "policy": policy},
+            )
+            if policy != "rebuild":
+                raise
+        info = await rebuild(
+            self.settings, self.database_url, live=self.store.schema, topic=self.topic
+        )
+        log.warning("read model rebuilt from the log it now reads", extra=info)
+        await self.verify_log()
 
     async def _recover(self) -> None:
         """After a failed batch: a new connection, and every assigned partition sent back
@@ -290,28 +371,23 @@ class Projector:
         self,
         targets: dict[int, int],
         until: datetime | None = None,
-        idle_s: float = 5.0,
+        idle_s: float = 30.0,
         since: datetime | None = None,
-    ) -> None:
-        """Fold until every partition's position reaches ``targets``. With ``until``,
-        messages newer than it are left out. Stops after ``idle_s`` with nothing read
-        (a broker whose watermark is a little ahead of what it serves)."""
+    ) -> bool:
+        """Fold until every partition's position reaches ``targets`` (True), or until
+        ``idle_s`` passes with nothing read, or stop() (False). With ``until``, messages
+        newer than it are left out."""
         idle_since = time.monotonic()
         while any(self.stats.positions.get(p, 0) < high for p, high in targets.items()):
             if self._stop.is_set():
-                return
+                return False
             n = await self.step(wait_s=0.2, until=until, since=since)
             if n:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_s:
                 log.warning("stopped short of the high watermark", extra={"targets": targets})
-                return
-        # Some brokers (Tansu) report a watermark short of the last batch: read on until
-        # the log is quiet (bounded, for a log that never is).
-        deadline = time.monotonic() + idle_s
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if not await self.step(wait_s=0.25, until=until, since=since):
-                return
+                return False
+        return True
 
 
 async def rebuild(
@@ -344,23 +420,24 @@ async def rebuild(
         total = sum(targets.values())
         if progress is not None:
             proj.on_batch = lambda s: progress(s.consumed, total)
-        await proj.fold_until(targets)
+        identity = await proj.verify_log()  # a fresh schema: records what it folds
+        if not await proj.fold_until(targets):
+            raise RebuildIncomplete(_short(targets, proj.stats.positions))
         # Catch up with what arrived meanwhile, then swap under the lock.
         await proj.fold_until(await proj.high_watermarks())
         conn = proj._conn
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SWAP_LOCK)
-            await proj.fold_until(await proj.high_watermarks(), idle_s=2.0)
+            ends = await proj.high_watermarks()
+            if not await proj.fold_until(ends, idle_s=10.0):
+                # Never swap in a model that has not reached the log's end.
+                raise RebuildIncomplete(_short(ends, proj.stats.positions))
             s_live, s_fresh, s_old = quote_ident(live), quote_ident(fresh), quote_ident(old)
             exists = await conn.fetchval(
                 "SELECT count(*) FROM pg_namespace WHERE nspname = $1", live
             )
             if exists:
-                await conn.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{s_fresh}.events', 'seq'),"
-                    f" GREATEST((SELECT coalesce(max(seq), 0) FROM {s_live}.events),"
-                    f"          (SELECT coalesce(max(seq), 0) FROM {s_fresh}.events), 1))"
-                )
+                await proj.store.adopt_seq(conn, live)
                 await conn.execute(f"DROP SCHEMA IF EXISTS {s_old} CASCADE")
                 await conn.execute(f"ALTER SCHEMA {s_live} RENAME TO {s_old}")
             await conn.execute(f"ALTER SCHEMA {s_fresh} RENAME TO {s_live}")
@@ -368,6 +445,7 @@ async def rebuild(
                 await conn.execute(f"DROP SCHEMA {s_old} CASCADE")
         return {
             "schema": live,
+            "cluster_id": identity.cluster_id,
             "events": proj.stats.folded,
             "consumed": proj.stats.consumed,
             "duplicates": proj.stats.duplicates,
@@ -375,6 +453,20 @@ async def rebuild(
         }
     finally:
         await proj.close()
+
+
+class RebuildIncomplete(RuntimeError):
+    """A rebuild did not reach the log's end; nothing was swapped in."""
+
+
+def _short(targets: dict[int, int], positions: dict[int, int]) -> str:
+    gaps = {p: (positions.get(p, 0), t) for p, t in targets.items() if positions.get(p, 0) < t}
+    return "the rebuild stopped short of the log's end, so nothing was swapped in: " + ", ".join(
+        f"partition {p} at {at} of {end}" for p, (at, end) in sorted(gaps.items())
+    )
+
+
+_POSITION_GONE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
 
 
 async def replay(
@@ -408,7 +500,8 @@ async def replay(
         total = sum(max(0, targets[p] - proj.stats.positions.get(p, 0)) for p in targets)
         if progress is not None:
             proj.on_batch = lambda s: progress(s.consumed, total)
-        await proj.fold_until(targets, until=until, since=since)
+        if not await proj.fold_until(targets, until=until, since=since):
+            raise RebuildIncomplete(_short(targets, proj.stats.positions))
         return {"schema": schema, "events": proj.stats.folded, "consumed": proj.stats.consumed}
     finally:
         await proj.close()

@@ -21,7 +21,16 @@ from typing import Any
 import orjson
 from google.protobuf.message import DecodeError
 
-from services.projector.fold import EVENT_COLUMNS, Batch, Known, bucket_time, fold_batch
+from services.projector.fold import (
+    EVENT_COLUMNS,
+    Batch,
+    Known,
+    bucket_time,
+    fold_batch,
+    poison_reason,
+)
+from services.projector.logid import LogIdentity
+from vividly import metrics
 from vividly.events import Envelope
 
 log = logging.getLogger("vividly.projector")
@@ -101,9 +110,41 @@ class FoldResult:
     consumed: int
     folded: int
     duplicates: int
-    undecodable: int
+    undecodable: int  # quarantined: undecodable, invalid or rejected
     skipped: int
     max_seq: int | None
+
+    def plus(self, other: FoldResult) -> FoldResult:
+        seqs = [s for s in (self.max_seq, other.max_seq) if s is not None]
+        return FoldResult(
+            self.consumed + other.consumed,
+            self.folded + other.folded,
+            self.duplicates + other.duplicates,
+            self.undecodable + other.undecodable,
+            self.skipped + other.skipped,
+            max(seqs) if seqs else None,
+        )
+
+
+#: Postgres error classes that mean "this data", not "this connection": data exceptions,
+#: integrity violations, program limits.
+_DATA_SQLSTATES = ("22", "23", "54")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Did a batch fail because of what is in it (so isolating the event helps), rather
+    than because Postgres went away (so reconnecting and retrying helps)?"""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "")[:2] in _DATA_SQLSTATES
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):
+        return False
+    return isinstance(exc, ValueError | TypeError | OverflowError | KeyError | IndexError)
+
+
+def _clean(text: str | None) -> str | None:
+    return text.replace("\x00", "") if text is not None else None
 
 
 class ReadModelStore:
@@ -181,8 +222,9 @@ class ReadModelStore:
                 $5::timestamptz[], $6::timestamptz[], $7::float8[], $8::jsonb[], $9::text[],
                 $10::jsonb[], $11::bool[], $12::timestamptz[], $13::bytea[])
             ON CONFLICT (request_id, stage, attempt) DO UPDATE SET
-                status = EXCLUDED.status,
-                started_at = COALESCE(EXCLUDED.started_at, t.started_at),
+                status = CASE WHEN t.status IN ('completed', 'failed') THEN t.status
+                         ELSE EXCLUDED.status END,
+                started_at = COALESCE(t.started_at, EXCLUDED.started_at),
                 ended_at = COALESCE(EXCLUDED.ended_at, t.ended_at),
                 duration_ms = COALESCE(EXCLUDED.duration_ms, t.duration_ms),
                 output = COALESCE(EXCLUDED.output, t.output),
@@ -246,14 +288,83 @@ class ReadModelStore:
         """Create this schema's tables (they exist already for the live schema after
         ``vividly db migrate``)."""
         await conn.execute("SELECT vividly.create_read_model($1)", self.schema)
+        await conn.execute("SELECT vividly.create_read_model_safety($1)", self.schema)
+
+    async def identity(self, conn: Any, topic: str) -> LogIdentity | None:
+        row = await conn.fetchrow(
+            f"SELECT cluster_id, topic_id FROM {self.s}.projector_log WHERE topic = $1", topic
+        )
+        return LogIdentity(row["cluster_id"], row["topic_id"]) if row else None
+
+    async def record_identity(self, conn: Any, topic: str, ident: LogIdentity) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.s}.projector_log (topic, cluster_id, topic_id)"
+            " VALUES ($1, $2, $3) ON CONFLICT (topic) DO UPDATE SET cluster_id ="
+            " EXCLUDED.cluster_id, topic_id = EXCLUDED.topic_id, recorded_at = now()",
+            topic,
+            ident.cluster_id,
+            ident.topic_id,
+        )
+
+    async def quarantine(self, conn: Any, rec: Record, reason: str, env: Any = None) -> None:
+        """Keep a poison event aside with its reason, and move the offset past it."""
+        event_id = request_id = None
+        if env is not None:
+            event_id, request_id = env.event_id or None, env.request_id or None
+        await conn.execute(
+            f'INSERT INTO {self.s}.quarantine (topic, partition, "offset", event_id,'
+            " request_id, reason, raw) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT DO NOTHING",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            _clean(event_id),
+            _clean(request_id),
+            (_clean(reason) or "")[:2000],
+            rec.value,
+        )
+        await conn.execute(self._sql_offsets, rec.topic, rec.partition, rec.offset + 1)
+        metrics.projector_quarantined.labels(self.schema).inc()
+        log.error(
+            "poison event quarantined",
+            extra={
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "reason": reason,
+            },
+        )
+
+    async def adopt_seq(self, conn: Any, live: str) -> None:
+        """Give this (rebuilt) schema's timeline the live schema's ``seq`` for every event
+        both hold (matched by event_id), and number the rest above the live maximum in
+        log order, so SSE clients resuming with a live Last-Event-ID neither miss nor
+        repeat a frame after the swap."""
+        s, lv = self.s, quote_ident(live)
+        await conn.execute(f"UPDATE {s}.events SET seq = -seq")
+        await conn.execute(
+            f"UPDATE {s}.events f SET seq = l.seq FROM {lv}.events l WHERE l.event_id = f.event_id"
+        )
+        await conn.execute(
+            f"""WITH base AS (SELECT coalesce(max(seq), 0) AS m FROM {lv}.events),
+                  r AS (SELECT event_id, row_number() OVER (ORDER BY seq DESC) AS n
+                        FROM {s}.events WHERE seq < 0)
+                UPDATE {s}.events f SET seq = (SELECT m FROM base) + r.n
+                FROM r WHERE f.event_id = r.event_id"""
+        )
+        await conn.execute(
+            f"SELECT setval(pg_get_serial_sequence('{s}.events', 'seq'),"
+            f" GREATEST((SELECT coalesce(max(seq), 0) FROM {lv}.events),"
+            f"          (SELECT coalesce(max(seq), 0) FROM {s}.events), 1))"
+        )
 
     # ------------------------------------------------------------------ the write
     async def write(self, conn: Any, records: Sequence[Record]) -> FoldResult:
         """Decode, fold and store ``records`` (one partition's messages in order; batches
         may mix partitions) in one transaction with their offsets."""
         envelopes: list[Envelope] = []
-        undecodable = 0
         next_offsets: dict[tuple[str, int], int] = {}
+        poison: list[tuple[Record, str, Envelope | None]] = []
         for rec in records:
             key = (rec.topic, rec.partition)
             if rec.offset + 1 > next_offsets.get(key, -1):
@@ -261,21 +372,18 @@ class ReadModelStore:
             env = Envelope()
             try:
                 env.ParseFromString(rec.value)
-            except DecodeError:
-                undecodable += 1
-                log.warning(
-                    "undecodable tracking event skipped",
-                    extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-                )
+            except DecodeError as exc:
+                poison.append((rec, f"undecodable: {exc}", None))
                 continue
-            if env.event_id:
+            reason = poison_reason(env)
+            if reason is None:
                 envelopes.append(env)
             else:
-                undecodable += 1
+                poison.append((rec, reason, env))
         if conn.is_in_transaction():
-            return await self._write(conn, envelopes, next_offsets, len(records), undecodable)
+            return await self._write(conn, envelopes, next_offsets, len(records), poison)
         async with conn.transaction():
-            return await self._write(conn, envelopes, next_offsets, len(records), undecodable)
+            return await self._write(conn, envelopes, next_offsets, len(records), poison)
 
     async def _write(
         self,
@@ -283,8 +391,11 @@ class ReadModelStore:
         envelopes: list[Envelope],
         next_offsets: dict[tuple[str, int], int],
         consumed: int,
-        undecodable: int,
+        poison: list[tuple[Record, str, Envelope | None]],
     ) -> FoldResult:
+        for rec, reason, env in poison:
+            await self.quarantine(conn, rec, reason, env)
+        undecodable = len(poison)
         fresh, duplicates = await self._drop_seen(conn, envelopes)
         rids = list({e.request_id for e in fresh if e.request_id})
         known: dict[str, Known] = {}
@@ -368,11 +479,11 @@ class ReadModelStore:
                 )
             if merge:
                 await conn.execute(self._sql_stages, *_columns(merge))
-        for sql, metrics in (
+        for sql, deltas in (
             (self._sql_minutes, b.stage_minutes),
             (self._sql_hours, b.stage_hours),
         ):
-            if metrics:
+            if deltas:
                 await conn.executemany(
                     sql,
                     [
@@ -387,7 +498,7 @@ class ReadModelStore:
                             m.duration_max_ms,
                             m.buckets,
                         )
-                        for (bucket, stage), m in metrics.items()
+                        for (bucket, stage), m in deltas.items()
                     ],
                 )
         for sql, counts_by in (
