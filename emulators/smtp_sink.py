@@ -18,9 +18,31 @@ from aiosmtpd.controller import Controller
 
 
 class StoreOnDisk:
+    """Stores every message. The latency knob: a number of seconds written to
+    ``<dir>/_latency`` holds every MAIL FROM that long (read per message), so a sender
+    can be caught, deterministically, after it claimed an email and before any of it was
+    sent (the fault suite kills notify there)."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.knob = directory / "_latency"
         directory.mkdir(parents=True, exist_ok=True)
+
+    def latency(self) -> float:
+        try:
+            return max(0.0, float(self.knob.read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0.0
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        delay = self.latency()
+        if delay:
+            await asyncio.sleep(delay)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"

@@ -69,6 +69,10 @@ DECODERS: dict[str, type[ProtoMessage]] = {
 }
 
 
+class DeliveryFailed(RuntimeError):
+    """A message produced while handling an input was not acknowledged by the broker."""
+
+
 class RetryableError(Exception):
     """A handler failure worth trying again (timeouts, 503s): retried with backoff."""
 
@@ -485,15 +489,23 @@ class ConsumerLoop:
                 log_context.reset(log_token)
 
     async def _delivered(self, seq: int) -> None:
+        """Wait until everything published up to ``seq`` is acknowledged. A failed
+        delivery (a tracking event lost after librdkafka's own retries) stops the loop:
+        offsets are never committed past it, so after the restart the inputs whose
+        events may be missing are redelivered, and their ledgers republish them."""
         assert self._aio is not None
         loop = self._aio
         fut: asyncio.Future[str | None] = loop.create_future()
 
-        def done() -> None:
-            loop.call_soon_threadsafe(_resolve, fut, None)
+        def done(ok: bool) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, None if ok else "failed")
 
         self.publisher.when_delivered(seq, done)
-        await fut
+        if await fut is not None:
+            raise DeliveryFailed(
+                "a message published while handling this input was not delivered; "
+                "stopping so the input is redelivered"
+            )
 
     async def _publish_durably(
         self, topic: str, key: bytes, value: bytes, headers: Headers, tries: int = 3
@@ -595,6 +607,16 @@ class ConsumerLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self._partitions.setdefault((p.topic, p.partition), _PartitionState())
+        if self._paused and partitions:
+            # Input is held (a breaker is open, or the loop is full): a partition that
+            # arrives meanwhile is held too, not fetched until the gate opens. Assign
+            # first (the callback's own assignment takes effect only when it returns).
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            log.info(
+                "new partitions held with the rest",
+                extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]},
+            )
         self.ready.set()
         log.info(
             "partitions assigned",
@@ -725,6 +747,7 @@ __all__ = [
     "DECODERS",
     "ConsumerLoop",
     "Delivery",
+    "DeliveryFailed",
     "EventHandler",
     "EventRouter",
     "Handler",

@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=8025, ge=1, le=65535)
     smtp_from: str = "Vividly <noreply@vividly.edu>"
+    email_claim_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long an email claim shields a send in progress; a claim older "
+        "than this belongs to a sender that died, and the email is sent again (same "
+        "Message-ID).",
+    )
     providers: str = Field(
         default="real",
         pattern="^(real|null)$",

@@ -8,7 +8,10 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-SEND_LEASE_S = 120
+from vividly.stage import Recorded
+
+#: A stage attempt: (request_id, stage, attempt).
+Key = tuple[str, str, int]
 
 
 K = TypeVar("K", bound=Hashable)
@@ -74,34 +77,54 @@ class GroupWriter(Generic[K, V, R]):
 
 
 class PgLedger:
-    """:class:`vividly.stage.Ledger` on ``vividly.stage_ledger``, group-committed."""
+    """:class:`vividly.stage.Ledger` on ``vividly.stage_ledger``: lookups and records
+    both group-committed (one statement for all the calls that arrived meanwhile)."""
 
     # No join against the ledger: with a few thousand rows the planner would rather
     # scan it than use the key for a batch it guesses at 100 rows. Keys already
     # stored (a redelivery) are rare and looked up by request id, on the index.
     INSERT_SQL = """
-    INSERT INTO vividly.stage_ledger (request_id, stage, attempt, output)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[])
+    INSERT INTO vividly.stage_ledger (request_id, stage, attempt, output, outcome, messages)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[], $5::text[],
+                         $6::bytea[])
     ON CONFLICT DO NOTHING RETURNING request_id, stage, attempt
     """
     STORED_SQL = """
-    SELECT request_id, stage, attempt, output::text AS output FROM vividly.stage_ledger
-    WHERE request_id = ANY($1::text[])
+    SELECT request_id, stage, attempt, outcome, output::text AS output, messages
+    FROM vividly.stage_ledger WHERE request_id = ANY($1::text[])
     """
 
     def __init__(self, pool: Any, max_batch: int = 500) -> None:
         self.pool = pool
-        self._writer: GroupWriter[tuple[str, str, int], bytes, tuple[bool, bytes]]
-        self._writer = GroupWriter(self._write, lambda r: (False, r[1]), max_batch)
+        self._writer: GroupWriter[Key, Recorded, Recorded]
+        self._writer = GroupWriter(self._write, lambda r: r, max_batch)
+        self._reader: GroupWriter[Key, None, Recorded | None]
+        self._reader = GroupWriter(self._read, lambda r: r, max_batch)
 
-    async def record_completion(
-        self, request_id: str, stage: str, attempt: int, output: bytes
-    ) -> tuple[bool, bytes]:
-        return await self._writer.submit((request_id, stage, attempt), output)
+    async def lookup(self, request_id: str, stage: str, attempt: int) -> Recorded | None:
+        return await self._reader.submit((request_id, stage, attempt), None)
 
-    async def _write(
-        self, batch: dict[tuple[str, str, int], bytes]
-    ) -> dict[tuple[str, str, int], tuple[bool, bytes]]:
+    async def record(
+        self, request_id: str, stage: str, attempt: int, recorded: Recorded
+    ) -> Recorded:
+        return await self._writer.submit((request_id, stage, attempt), recorded)
+
+    async def _stored(self, conn: Any, keys: list[Key]) -> dict[Key, Recorded]:
+        rows = await conn.fetch(self.STORED_SQL, list({k[0] for k in keys}))
+        wanted = set(keys)
+        return {
+            k: Recorded.decode(r["outcome"], r["output"].encode(), r["messages"])
+            for r in rows
+            if (k := (r["request_id"], r["stage"], r["attempt"])) in wanted
+        }
+
+    async def _read(self, batch: dict[Key, None]) -> dict[Key, Recorded | None]:
+        keys = list(batch)
+        async with self.pool.acquire() as conn:
+            found = await self._stored(conn, keys)
+        return {k: found.get(k) for k in keys}
+
+    async def _write(self, batch: dict[Key, Recorded]) -> dict[Key, Recorded]:
         keys = list(batch)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -109,19 +132,15 @@ class PgLedger:
                 [k[0] for k in keys],
                 [k[1] for k in keys],
                 [k[2] for k in keys],
-                [batch[k].decode() for k in keys],
+                [batch[k].output.decode() for k in keys],
+                [batch[k].outcome for k in keys],
+                [batch[k].encode_messages() for k in keys],
             )
             inserted = {(r["request_id"], r["stage"], r["attempt"]) for r in rows}
-            result = {k: (True, batch[k]) for k in inserted}
+            result = {k: batch[k] for k in inserted}
             missing = [k for k in keys if k not in inserted]
             if missing:
-                stored = await conn.fetch(self.STORED_SQL, list({k[0] for k in missing}))
-                by_key = {
-                    (r["request_id"], r["stage"], r["attempt"]): r["output"].encode()
-                    for r in stored
-                }
-                for k in missing:
-                    result[k] = (False, by_key[k])
+                result.update(await self._stored(conn, missing))
         return result
 
 
@@ -147,17 +166,30 @@ class IngestLedger:
 
 class NotificationLedger:
     """Claims on outcome emails: one email per (request, kind). Claims and "sent" marks
-    are group-committed (see :class:`GroupWriter`)."""
+    are group-committed (see :class:`GroupWriter`).
 
-    CLAIM_SQL = f"""
-    INSERT INTO vividly.notifications (request_id, kind, status, message_id, recipient)
-    SELECT request_id, kind, 'sending', message_id, recipient
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-        AS t(request_id, kind, message_id, recipient)
-    ON CONFLICT (request_id, kind) DO UPDATE SET claimed_at = now()
-      WHERE vividly.notifications.status = 'sending'
-        AND vividly.notifications.claimed_at < now() - interval '{SEND_LEASE_S} seconds'
-    RETURNING request_id, kind
+    A claim answers "send" (this caller sends), "sent" (done already) or "busy" (another
+    sender holds a claim younger than ``lease_s``: it may be sending right now, or it
+    died between claiming and marking sent; the caller waits and asks again, and takes
+    the claim once the lease has run out)."""
+
+    CLAIM_SQL = """
+    WITH ins AS (
+      INSERT INTO vividly.notifications (request_id, kind, status, message_id, recipient)
+      SELECT request_id, kind, 'sending', message_id, recipient
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+          AS t(request_id, kind, message_id, recipient)
+      ON CONFLICT (request_id, kind) DO UPDATE SET claimed_at = now()
+        WHERE vividly.notifications.status = 'sending'
+          AND vividly.notifications.claimed_at < now() - make_interval(secs => $5)
+      RETURNING request_id, kind
+    )
+    SELECT n0.request_id, n0.kind,
+           CASE WHEN ins.request_id IS NOT NULL THEN 'send'
+                WHEN n.status = 'sent' THEN 'sent' ELSE 'busy' END AS state
+    FROM unnest($1::text[], $2::text[]) AS n0(request_id, kind)
+    LEFT JOIN ins USING (request_id, kind)
+    LEFT JOIN vividly.notifications n USING (request_id, kind)
     """
     # request_id = ANY(...) lets the planner use the key; the pair is then matched.
     SENT_SQL = """
@@ -165,16 +197,16 @@ class NotificationLedger:
     WHERE request_id = ANY($1::text[]) AND request_id || chr(31) || kind = ANY($2::text[])
     """
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, lease_s: float = 60.0) -> None:
         self.pool = pool
-        self._claims: GroupWriter[tuple[str, str], tuple[str, str], bool]
-        self._claims = GroupWriter(self._claim_batch, lambda _: False)
+        self.lease_s = lease_s
+        self._claims: GroupWriter[tuple[str, str], tuple[str, str], str]
+        self._claims = GroupWriter(self._claim_batch, lambda _: "busy")
         self._sent: GroupWriter[tuple[str, str], None, None]
         self._sent = GroupWriter(self._sent_batch, lambda _: None)
 
-    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> bool:
-        """True if this caller should send. False if it was sent, or another sender holds
-        a fresh claim. A claim older than the lease (the sender died mid-send) is taken."""
+    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> str:
+        """ "send", "sent" or "busy" (see the class)."""
         return await self._claims.submit((request_id, kind), (message_id, recipient))
 
     async def mark_sent(self, request_id: str, kind: str) -> None:
@@ -192,7 +224,7 @@ class NotificationLedger:
 
     async def _claim_batch(
         self, batch: dict[tuple[str, str], tuple[str, str]]
-    ) -> dict[tuple[str, str], bool]:
+    ) -> dict[tuple[str, str], str]:
         keys = list(batch)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -201,9 +233,10 @@ class NotificationLedger:
                 [k[1] for k in keys],
                 [batch[k][0] for k in keys],
                 [batch[k][1] for k in keys],
+                float(self.lease_s),
             )
-        won = {(r["request_id"], r["kind"]) for r in rows}
-        return {k: k in won for k in keys}
+        states = {(r["request_id"], r["kind"]): r["state"] for r in rows}
+        return {k: states.get(k) or "busy" for k in keys}
 
     async def _sent_batch(self, batch: dict[tuple[str, str], None]) -> dict[tuple[str, str], None]:
         keys = list(batch)

@@ -6,9 +6,11 @@ delivery reports. Every failed delivery is logged and counted, and :meth:`flush`
 what was delivered, what failed and what was still pending.
 
 Each publish gets a sequence number, and :meth:`delivered_through` says up to which
-sequence number everything has been acknowledged by the broker. The consumer loop uses
-that to commit an input's offset only after everything produced while handling it
-(outputs and tracking events alike) is durable.
+sequence number everything has been acknowledged by the broker. A failed delivery is
+never "settled": the number stops below it for good, so the consumer loop, which commits
+an input's offset only once everything produced while handling it (outputs and tracking
+events alike) is durable, never commits past it; ``when_delivered`` tells its callback
+that the wait ended in a failure, and the loop stops so the input is redelivered.
 """
 
 from __future__ import annotations
@@ -74,13 +76,15 @@ class Publisher(Protocol):
         ...
 
     def delivered_through(self) -> int:
-        """Highest n such that every message with sequence ≤ n is acknowledged or failed."""
+        """Highest n such that every message with sequence ≤ n is acknowledged by the
+        broker. It never passes a message whose delivery failed."""
         ...
 
     def last_seq(self) -> int: ...
 
-    def when_delivered(self, seq: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (from any thread) once everything up to ``seq`` is settled."""
+    def when_delivered(self, seq: int, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(ok)`` (from any thread) once everything up to ``seq`` is
+        settled: ``ok`` is False when any of those deliveries failed."""
         ...
 
     def flush(self, timeout: float = 30.0) -> FlushReport: ...
@@ -162,7 +166,8 @@ class KafkaPublisher:
         self._lock = threading.Lock()
         self._seq = 0
         self._window = CompletionWindow(first=1)
-        self._waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._first_failed: int | None = None  # lowest sequence number that failed
+        self._waiters: list[tuple[int, int, Callable[[bool], None]]] = []
         self.published = 0
         self.delivered = 0
         self.failed = 0
@@ -219,17 +224,18 @@ class KafkaPublisher:
 
     def delivered_through(self) -> int:
         with self._lock:
-            return self._window.done_through()
+            return _acked_through(self._window.done_through(), self._first_failed)
 
     def last_seq(self) -> int:
         return self._seq
 
-    def when_delivered(self, seq: int, callback: Callable[[], None]) -> None:
+    def when_delivered(self, seq: int, callback: Callable[[bool], None]) -> None:
         with self._lock:
             if self._window.done_through() < seq:
                 heapq.heappush(self._waiters, (seq, id(callback), callback))
                 return
-        callback()
+            ok = self._first_failed is None or self._first_failed > seq
+        callback(ok)
 
     def flush(self, timeout: float = 30.0) -> FlushReport:
         """Wait up to ``timeout`` for queued messages; report, and log, what did not make it."""
@@ -263,15 +269,19 @@ class KafkaPublisher:
     def _settle(
         self, seq: int, error: str | None, topic: str = "", key: bytes | None = None
     ) -> None:
-        ready: list[Callable[[], None]] = []
+        ready: list[tuple[Callable[[bool], None], bool]] = []
         with self._lock:
+            if error is not None and (self._first_failed is None or seq < self._first_failed):
+                self._first_failed = seq
             self._window.finish(seq)
             if self._waiters:
                 through = self._window.done_through()
+                failed = self._first_failed
                 while self._waiters and self._waiters[0][0] <= through:
-                    ready.append(heapq.heappop(self._waiters)[2])
-        for callback in ready:
-            callback()
+                    waited, _, callback = heapq.heappop(self._waiters)
+                    ready.append((callback, failed is None or failed > waited))
+        for callback, ok in ready:
+            callback(ok)
         if error is None:
             self.delivered += 1
         else:
@@ -290,6 +300,11 @@ class KafkaPublisher:
     def _on_error(self, err: KafkaError) -> None:
         level = logging.ERROR if err.fatal() else logging.WARNING
         log.log(level, "kafka client error", extra={"error": str(err), "fatal": err.fatal()})
+
+
+def _acked_through(done_through: int, first_failed: int | None) -> int:
+    """Everything ≤ the result is settled *and* acknowledged."""
+    return done_through if first_failed is None else min(done_through, first_failed - 1)
 
 
 class _Delivery:

@@ -21,11 +21,12 @@ For each work item the runner runs its stages in order (the video service has tw
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -36,35 +37,76 @@ from vividly.breakers import CircuitOpen, retry_at
 from vividly.bus import Delivery, Outgoing, RetryableError
 from vividly.config import DLQ_TOPIC, RENDERED, STAGE_EXPECTED_S, STAGES, Settings
 from vividly.events import H_CORRELATION, H_TRACEPARENT, H_TYPE, WorkItem
-from vividly.tracker import RequestTracker
+from vividly.tracker import Captured, RequestTracker
 
 log = logging.getLogger("vividly.stage")
 
 H_NOT_BEFORE = "vividly-not-before-ms"
 
 
-class Ledger(Protocol):
-    """Durable record of completed stage attempts (Postgres in services, memory in tests)."""
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """How one stage attempt ended, as the ledger keeps it: ``outcome`` "completed" (with
+    the stage's ``output`` JSON) or "failed"; the tracking ``events`` that outcome
+    published; for a failure, the work items it sent on (``outgoing``: the retry, or the
+    dead letter and the error-email item)."""
 
-    async def record_completion(
-        self, request_id: str, stage: str, attempt: int, output: bytes
-    ) -> tuple[bool, bytes]:
-        """Store the output unless already stored; (stored now?, the stored output)."""
+    outcome: str
+    output: bytes = b"{}"
+    events: tuple[Captured, ...] = ()
+    outgoing: tuple[Captured, ...] = ()
+
+    def encode_messages(self) -> bytes:
+        return orjson.dumps({"e": _pack(self.events), "o": _pack(self.outgoing)})
+
+    @classmethod
+    def decode(cls, outcome: str, output: bytes, messages: bytes | None) -> Recorded:
+        if not messages:  # a row from before the ledger kept messages
+            return cls(outcome, output)
+        data = orjson.loads(messages)
+        return cls(outcome, output, _unpack(data["e"]), _unpack(data["o"]))
+
+
+def _pack(msgs: Sequence[Captured]) -> list[Any]:
+    b64 = base64.b64encode
+    return [
+        [t, b64(k).decode(), b64(v).decode(), [[hk, b64(hv).decode()] for hk, hv in h]]
+        for t, k, v, h in msgs
+    ]
+
+
+def _unpack(rows: list[Any]) -> tuple[Captured, ...]:
+    d = base64.b64decode
+    return tuple((t, d(k), d(v), [(hk, d(hv)) for hk, hv in h]) for t, k, v, h in rows)
+
+
+class Ledger(Protocol):
+    """Durable record of finished stage attempts (Postgres in services, memory in tests).
+
+    The runner asks it before doing an attempt's work, and records the outcome before
+    publishing anything of it: a redelivered item republishes the recorded messages
+    instead of working again, however the first try ended or was cut short."""
+
+    async def lookup(self, request_id: str, stage: str, attempt: int) -> Recorded | None: ...
+
+    async def record(
+        self, request_id: str, stage: str, attempt: int, recorded: Recorded
+    ) -> Recorded:
+        """Store ``recorded`` unless this attempt has an outcome; return the stored one."""
         ...
 
 
 class MemoryLedger:
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str, int], bytes] = {}
+        self.rows: dict[tuple[str, str, int], Recorded] = {}
 
-    async def record_completion(
-        self, request_id: str, stage: str, attempt: int, output: bytes
-    ) -> tuple[bool, bytes]:
-        key = (request_id, stage, attempt)
-        if key in self.rows:
-            return False, self.rows[key]
-        self.rows[key] = output
-        return True, output
+    async def lookup(self, request_id: str, stage: str, attempt: int) -> Recorded | None:
+        return self.rows.get((request_id, stage, attempt))
+
+    async def record(
+        self, request_id: str, stage: str, attempt: int, recorded: Recorded
+    ) -> Recorded:
+        return self.rows.setdefault((request_id, stage, attempt), recorded)
 
 
 @dataclass
@@ -134,12 +176,6 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | ConnectionError | RetryableError)
 
 
-@dataclass
-class _Outcome:
-    output: dict[str, Any] | None = None
-    outgoing: list[Outgoing] = field(default_factory=list)
-
-
 class StageRunner:
     """The WorkItem handler every stage service registers with its ConsumerLoop."""
 
@@ -194,25 +230,35 @@ class StageRunner:
         current = item
         for index in range(first, len(self.stages)):
             stage = self.stages[index]
-            outcome = await self._run(stage, current)
-            if outcome.output is None:
-                return outcome.outgoing
-            current = self._advance(current, stage.name, outcome.output)
-        if self.on_done is not None:
-            await self.on_done(current)
+            rec = await self._run(stage, current, last=index == len(self.stages) - 1)
+            if rec.outcome != "completed":
+                return [Outgoing(t, k, v, list(h)) for t, k, v, h in rec.outgoing]
+            current = self._advance(current, stage.name, orjson.loads(rec.output))
         if self.next_topic is None:
             return []
         return [self._outgoing(self.next_topic, current)]
 
     # -- one stage -------------------------------------------------------------------------
-    async def _run(self, stage: Stage, item: WorkItem) -> _Outcome:
+    async def _run(self, stage: Stage, item: WorkItem, last: bool) -> Recorded:
         rid = item.request_id
         attempt = item.attempt or 1
+        done = await self.ledger.lookup(rid, stage.name, attempt)
+        if done is not None:
+            # A redelivery: this attempt has an outcome already. Its messages may or may
+            # not have reached the broker, so publish them again (the same event ids:
+            # the projector keeps one); never do the work again.
+            log.info(
+                "stage attempt already finished; republishing its outcome",
+                extra={"stage": stage.name, "attempt": attempt, "outcome": done.outcome},
+            )
+            self.tracker.republish(done.events)
+            return done
         ctx = StageContext(self.tracker, item, stage.name, attempt)
         self.tracker.start_stage(rid, stage.name, attempt=attempt)
         started = time.perf_counter()
         watch = self._oldest[stage.name]
         token = watch.begin()
+        failure: Recorded | None = None
         try:
             while True:
                 try:
@@ -224,29 +270,36 @@ class StageRunner:
                     metrics.stage_duration.labels(stage.name, "failed").observe(
                         time.perf_counter() - started
                     )
-                    return self._failed(stage, item, attempt, exc, started)
+                    failure = self._failed(stage, item, attempt, exc, started)
+                    break
         finally:
             watch.end(token)
-        metrics.stage_duration.labels(stage.name, "completed").observe(
-            time.perf_counter() - started
-        )
-        raw = orjson.dumps(output)
-        first, stored = await self.ledger.record_completion(rid, stage.name, attempt, raw)
-        if first:
-            self.tracker.complete_stage(
-                rid,
-                stage.name,
-                output_data=output,
-                attempt=attempt,
-                duration_ms=(time.perf_counter() - started) * 1000,
+        if failure is None:
+            metrics.stage_duration.labels(stage.name, "completed").observe(
+                time.perf_counter() - started
             )
+            raw = orjson.dumps(output)
+            with self.tracker.capturing() as events:
+                self.tracker.complete_stage(
+                    rid,
+                    stage.name,
+                    output_data=output,
+                    attempt=attempt,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                )
+                if last and self.on_done is not None:
+                    await self.on_done(self._advance(item, stage.name, output))
+            mine = Recorded("completed", raw, tuple(events))
         else:
+            mine = failure
+        stored = await self.ledger.record(rid, stage.name, attempt, mine)
+        if stored is not mine:
             log.info(
-                "stage attempt already completed; not recording it twice",
+                "another delivery of this attempt finished first; publishing its outcome",
                 extra={"stage": stage.name, "attempt": attempt},
             )
-            output = orjson.loads(stored)
-        return _Outcome(output=output)
+        self.tracker.republish(stored.events)
+        return stored
 
     async def _hold(self, request_id: str, stage: Stage, exc: CircuitOpen) -> None:
         """Wait, without burning the attempt, until the breaker lets a trial call through."""
@@ -262,7 +315,18 @@ class StageRunner:
 
     def _failed(
         self, stage: Stage, item: WorkItem, attempt: int, exc: BaseException, started: float
-    ) -> _Outcome:
+    ) -> Recorded:
+        with self.tracker.capturing() as events:
+            outgoing = self._fail(stage, item, attempt, exc, started)
+        return Recorded(
+            "failed",
+            events=tuple(events),
+            outgoing=tuple((o.topic, o.key, o.value, list(o.headers)) for o in outgoing),
+        )
+
+    def _fail(
+        self, stage: Stage, item: WorkItem, attempt: int, exc: BaseException, started: float
+    ) -> list[Outgoing]:
         rid = item.request_id
         retryable = is_retryable(exc)
         max_attempts = stage.max_attempts or self.settings.stage_max_attempts
@@ -294,7 +358,7 @@ class StageRunner:
             retry.attempt = attempt + 1
             out = self._outgoing(self.input_topic, retry)
             out.headers.append((H_NOT_BEFORE, str(int(due * 1000)).encode()))
-            return _Outcome(outgoing=[out])
+            return [out]
         reason = "retries_exhausted" if retryable else "non_retryable"
         self.tracker.fail_request(rid, message, stage.name, {**details, "reason": reason})
         metrics.dlq_messages.labels(stage.name, reason).inc()
@@ -312,7 +376,7 @@ class StageRunner:
         failure.attempt = 1
         failure.failure.stage = stage.name
         failure.failure.error_message = message
-        return _Outcome(outgoing=[dead, self._outgoing(self.notify_topic, failure)])
+        return [dead, self._outgoing(self.notify_topic, failure)]
 
     def _backoff(self, attempt: int) -> float:
         base: float = self.settings.retry_backoff_s * (2.0 ** (attempt - 1))

@@ -14,9 +14,17 @@ from vividly.publish import Publisher
 from vividly.tracker import RequestTracker
 
 
-def submit_request(
+def submit_request(tracker: RequestTracker, publisher: Publisher, **spec: Any) -> tuple[str, str]:
+    """Track a new request and hand it to the pipeline (the tracker's events, then the
+    work item on ``requests.submitted``); returns (request_id, correlation_id). See
+    :func:`build_submission` for the arguments."""
+    request_id, correlation_id, out = build_submission(tracker, **spec)
+    publisher.publish(out.topic, out.key, out.value, out.headers)
+    return request_id, correlation_id
+
+
+def build_submission(
     tracker: RequestTracker,
-    publisher: Publisher,
     *,
     student_id: str,
     topic: str,
@@ -27,8 +35,10 @@ def submit_request(
     organization_id: str = "",
     idempotency_key: str | None = None,
     student_email: str = "",
-) -> tuple[str, str]:
-    """Track a new request and hand it to the pipeline; returns (request_id, correlation_id).
+) -> tuple[str, str, Outgoing]:
+    """Publish RequestCreated and RequestStarted through ``tracker``; return the ids and
+    the work item to put on ``requests.submitted`` (the caller publishes it, after the
+    events when it wants the log causal).
 
     Nothing is validated here beyond what the tracker checks: validation is the pipeline's
     first stage, so an invalid request is recorded as failed at ``validation`` with the
@@ -57,5 +67,4 @@ def submit_request(
     item.request.CopyFrom(tracker.last_created)
     item.submitted_at.GetCurrentTime()
     out = Outgoing.of(SUBMITTED, request_id, item, correlation_id, item.traceparent)
-    publisher.publish(out.topic, out.key, out.value, out.headers)
-    return request_id, correlation_id
+    return request_id, correlation_id, out

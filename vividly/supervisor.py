@@ -73,7 +73,7 @@ class Supervisor:
                 log.error(
                     "process exited; restarting it",
                     extra={
-                        "process": w.name,
+                        "component": w.name,
                         "exit_code": code,
                         "restart_in_s": round(w.due_at - now, 2),
                         "log": str(w.managed.log),
@@ -86,7 +86,7 @@ class Supervisor:
             except (StackError, OSError) as exc:
                 w.streak += 1
                 w.due_at = now + self.delay(w.streak)
-                log.error("restart failed", extra={"process": w.name, "error": str(exc)})
+                log.error("restart failed", extra={"component": w.name, "error": str(exc)})
                 continue
             w.restarts += 1
             w.due_at = None
@@ -94,7 +94,7 @@ class Supervisor:
             restarts_total.labels(w.name).inc()
             log.warning(
                 "process restarted",
-                extra={"process": w.name, "pid": w.managed.pid, "restarts": w.restarts},
+                extra={"component": w.name, "pid": w.managed.pid, "restarts": w.restarts},
             )
             restarted.append(w)
             self.on_change(w)

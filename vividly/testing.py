@@ -46,6 +46,7 @@ class FakePublisher:
         self.fail_topics = fail_topics
         self._window = CompletionWindow(first=1)
         self._seq = 0
+        self._first_failed: int | None = None
         self.failed = 0
         self.failures: list[FailedDelivery] = []
 
@@ -61,6 +62,8 @@ class FakePublisher:
         self._window.add(self._seq)
         self._window.finish(self._seq)
         if topic in self.fail_topics:
+            if self._first_failed is None:
+                self._first_failed = self._seq
             self.failed += 1
             self.failures.append(FailedDelivery(topic, key, "configured to fail"))
             log.error("delivery failed", extra={"topic": topic, "error": "configured to fail"})
@@ -73,13 +76,14 @@ class FakePublisher:
         return self._seq
 
     def delivered_through(self) -> int:
-        return self._window.done_through()
+        through = self._window.done_through()
+        return through if self._first_failed is None else min(through, self._first_failed - 1)
 
     def last_seq(self) -> int:
         return self._seq
 
-    def when_delivered(self, seq: int, callback: Callable[[], None]) -> None:
-        callback()
+    def when_delivered(self, seq: int, callback: Callable[[bool], None]) -> None:
+        callback(self._first_failed is None or self._first_failed > seq)
 
     def flush(self, timeout: float = 30.0) -> FlushReport:
         return FlushReport(

@@ -12,10 +12,12 @@ Bad calls fail fast, before anything is published: :class:`UnknownStageError`,
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
+import math
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -106,6 +108,12 @@ class RequestContext:
 #: The request being handled in the current task/thread, if any.
 current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "vividly_current_request", default=None
+)
+
+#: A message as published: (topic, key, value, headers).
+Captured = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+_capture: contextvars.ContextVar[list[Captured] | None] = contextvars.ContextVar(
+    "vividly_capture", default=None
 )
 
 
@@ -447,6 +455,24 @@ class RequestTracker:
         if len(cache) > self._correlation_cache_size:
             cache.popitem(last=False)
 
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[Captured]]:
+        """Within the block (this task only), events are built as usual but collected in
+        the yielded list instead of published: the stage runner stores an outcome's
+        events in its ledger before publishing them, so a redelivery republishes the
+        very same events (same ids) rather than new ones."""
+        captured: list[Captured] = []
+        token = _capture.set(captured)
+        try:
+            yield captured
+        finally:
+            _capture.reset(token)
+
+    def republish(self, messages: Sequence[Captured]) -> None:
+        """Publish messages built earlier (see :meth:`capturing`) exactly as they are."""
+        for topic, key, value, headers in messages:
+            self.publisher.publish(topic, key, value, list(headers))
+
     def flush(self, timeout: float = 30.0) -> FlushReport:
         """Wait for queued events to be delivered; the report says what was not."""
         return self.publisher.flush(timeout)
@@ -480,7 +506,10 @@ class RequestTracker:
     def _duration(self, request_id: str, stage: str, given: float | None) -> float:
         started = self._stage_starts.pop((request_id, stage), None)
         if given is not None:
-            return float(given)
+            value = float(given)
+            if not math.isfinite(value) or value < 0:
+                raise PayloadError(f"duration_ms must be a finite number ≥ 0, got {given!r}")
+            return value
         if started is None:
             return 0.0
         return (time.perf_counter() - started) * 1000.0
@@ -498,6 +527,10 @@ class RequestTracker:
             raw = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:
             raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
+        # orjson writes NaN and ±inf as null; a null in the output is rare, so only then
+        # is the data walked to tell a real None from a non-finite number.
+        if b"null" in raw and _non_finite(data):
+            raise PayloadError(f"{what} holds NaN or infinity, which JSON cannot carry")
         if len(raw) > self.max_payload_bytes:
             raise PayloadError(
                 f"{what} is {len(raw)} bytes as JSON; the limit is {self.max_payload_bytes}"
@@ -543,7 +576,21 @@ class RequestTracker:
                 traceparent = f"00-{correlation_id.replace('-', '')}-{span}-01"
             headers.append((H_CORRELATION, correlation_id.encode()))
             headers.append((H_TRACEPARENT, traceparent.encode()))
+        captured = _capture.get()
+        if captured is not None:
+            captured.append((self.topic, request_id.encode(), env.SerializeToString(), headers))
+            return
         self.publisher.publish(self.topic, request_id.encode(), env.SerializeToString(), headers)
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 class StageSpan:

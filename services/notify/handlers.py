@@ -3,6 +3,9 @@ request; one email per outcome of a request, however often a message is redelive
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from email.charset import QP, Charset
 from email.message import Message
 from email.mime.text import MIMEText
@@ -16,9 +19,13 @@ from vividly.events import WorkItem
 from vividly.stage import StageContext, StageRunner
 from vividly.tracker import RequestTracker
 
+log = logging.getLogger("vividly.notify")
+
 
 class SendLedger(Protocol):
-    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> bool: ...
+    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> str:
+        """ "send" (send it now), "sent" (it was) or "busy" (another sender holds it)."""
+        ...
 
     async def mark_sent(self, request_id: str, kind: str) -> None: ...
 
@@ -26,20 +33,31 @@ class SendLedger(Protocol):
 
 
 class MemorySendLedger:
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], str] = {}
+    """The in-memory :class:`SendLedger`: a claim is busy until marked sent or released,
+    or until ``lease_s`` has passed (its sender is taken to be dead)."""
 
-    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> bool:
-        if (request_id, kind) in self.rows:
-            return False
-        self.rows[(request_id, kind)] = "sending"
-        return True
+    def __init__(self, lease_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.rows: dict[tuple[str, str], tuple[str, float]] = {}
+        self.lease_s = lease_s
+        self.clock = clock
+
+    async def claim(self, request_id: str, kind: str, message_id: str, recipient: str) -> str:
+        key = (request_id, kind)
+        now = self.clock()
+        row = self.rows.get(key)
+        if row is not None:
+            if row[0] == "sent":
+                return "sent"
+            if now - row[1] < self.lease_s:
+                return "busy"
+        self.rows[key] = ("sending", now)
+        return "send"
 
     async def mark_sent(self, request_id: str, kind: str) -> None:
-        self.rows[(request_id, kind)] = "sent"
+        self.rows[(request_id, kind)] = ("sent", self.clock())
 
     async def release(self, request_id: str, kind: str) -> None:
-        if self.rows.get((request_id, kind)) == "sending":
+        if self.rows.get((request_id, kind), ("",))[0] == "sending":
             del self.rows[(request_id, kind)]
 
 
@@ -86,17 +104,37 @@ def compose(
 
 
 class Notifier:
-    def __init__(self, mailer: Mailer, ledger: SendLedger, sender: str) -> None:
+    def __init__(
+        self, mailer: Mailer, ledger: SendLedger, sender: str, claim_poll_s: float = 0.5
+    ) -> None:
         self.mailer = mailer
         self.ledger = ledger
         self.sender = sender
+        self.claim_poll_s = claim_poll_s
 
     async def send_once(self, item: WorkItem, kind: str, msg: Message) -> bool:
-        """Send unless this outcome's email was already sent; True if sent now."""
-        if not await self.ledger.claim(
-            item.request_id, kind, str(msg["Message-ID"]), str(msg["To"])
-        ):
-            return False
+        """Send unless this outcome's email was already sent; True if sent now.
+
+        A claim another sender holds is waited on: either it is marked sent (nothing to
+        do), or its lease runs out because that sender died between claiming and
+        recording the send, and this one sends (under the same Message-ID, so a resend
+        after a crash between the server's acceptance and our record is one email)."""
+        waited = False
+        while True:
+            state = await self.ledger.claim(
+                item.request_id, kind, str(msg["Message-ID"]), str(msg["To"])
+            )
+            if state == "sent":
+                return False
+            if state == "send":
+                break
+            if not waited:
+                log.info(
+                    "email claimed by another sender; waiting for it to be sent or its lease",
+                    extra={"kind": kind},
+                )
+                waited = True
+            await asyncio.sleep(self.claim_poll_s)
         try:
             await guarded(smtp_breaker, lambda: self.mailer.send(msg))
         except BaseException:

@@ -21,7 +21,9 @@ async def build(deps: Deps) -> Built:
         smtp = SmtpMailer(s)
         deps.closers.append(smtp.close)
         mailer = smtp
-    notifier = Notifier(mailer, NotificationLedger(deps.pool), s.smtp_from)
+    notifier = Notifier(
+        mailer, NotificationLedger(deps.pool, lease_s=s.email_claim_lease_s), s.smtp_from
+    )
     runner = StageRunner(
         tracker=deps.tracker,
         stages=[Stage("notification", notifier.content_ready, breakers=(smtp_breaker,))],

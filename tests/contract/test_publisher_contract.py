@@ -108,9 +108,39 @@ def test_failed_deliveries_are_reported_not_silent(caplog: pytest.LogCaptureFixt
         assert not report.ok
         assert len(errors) == 3
         assert all(e is not None for e in errors)
-        assert pub.delivered_through() == pub.last_seq()
+        # A failed delivery is never "settled": nothing at or after it counts as
+        # acknowledged, and a wait over it ends with ok=False.
+        assert pub.delivered_through() == 0
+        outcome: list[bool] = []
+        pub.when_delivered(pub.last_seq(), outcome.append)
+        assert outcome == [False]
         assert "delivery failed" in caplog.text
         assert len(report.failures) == 3
+    real.close(1)
+
+
+def test_a_failure_stops_the_acknowledged_mark_even_after_later_successes(
+    broker_pool: BrokerPool, unique: str
+) -> None:
+    """Real and fake: good, failed, good. Only the first counts as acknowledged."""
+    settings = broker_pool.get(BROKERS[0]).settings()
+    good = f"contract-ok-{unique}"
+    make_topics(settings, good)
+    missing = f"contract-missing-{unique}"  # never created: auto-create is off
+    real = KafkaPublisher(settings.model_copy(update={"delivery_timeout_ms": 2000}), "c-mixed")
+    fake = FakePublisher(fail_topics=frozenset({missing}))
+    for pub in (real, fake):
+        first = pub.publish(good, b"k", b"1", [])
+        pub.flush(10)
+        bad = pub.publish(missing, b"k", b"2", [])
+        pub.flush(10)
+        later = pub.publish(good, b"k", b"3", [])
+        pub.flush(10)
+        assert pub.delivered_through() == first == bad - 1, type(pub).__name__
+        results: list[bool] = []
+        pub.when_delivered(first, results.append)
+        pub.when_delivered(later, results.append)
+        assert results == [True, False], type(pub).__name__
     real.close(1)
 
 
@@ -118,14 +148,18 @@ def test_when_delivered_fires_once_everything_up_to_seq_is_settled(
     publisher_and_reader: tuple[Publisher, Any, str],
 ) -> None:
     pub, _read, topic = publisher_and_reader
-    nothing_yet = threading.Event()
-    pub.when_delivered(pub.last_seq(), nothing_yet.set)  # nothing published: at once
-    assert nothing_yet.is_set()
+    got: list[str] = []
+    pub.when_delivered(pub.last_seq(), lambda ok: got.append(f"none:{ok}"))  # at once
+    assert got == ["none:True"]
     seqs = [pub.publish(topic, b"k", f"w{i}".encode(), []) for i in range(20)]
     fired = threading.Event()
-    pub.when_delivered(seqs[-1], fired.set)
+
+    def all_done(ok: bool) -> None:
+        got.append(f"all:{ok}")
+        fired.set()
+
+    pub.when_delivered(seqs[-1], all_done)
     assert fired.wait(30)
     assert pub.delivered_through() >= seqs[-1]
-    late = threading.Event()
-    pub.when_delivered(seqs[0], late.set)  # already settled: at once
-    assert late.is_set()
+    pub.when_delivered(seqs[0], lambda ok: got.append(f"late:{ok}"))  # settled: at once
+    assert got == ["none:True", "all:True", "late:True"]

@@ -301,7 +301,7 @@ def test_retry_republishes_the_kept_work_item_and_records_who_asked(
             assert r.json()["attempt"] == 2
             assert r.json()["requested_by"] == "api:teacher:t-9"
             twice = c.post(f"/api/v1/requests/{rid}/retry")  # a second click
-            assert twice.status_code == 409
+            assert twice.status_code == 409, twice.text
             assert twice.json()["detail"]["code"] in ("retry_in_progress", "not_failed")
         wait_for(lambda: got, what="work item on requests.retrieved")
         assert got[0].stage == "script_generation"
@@ -338,7 +338,12 @@ def test_sdk_reads_status_and_retries_through_the_api(side: ReadSide, unique: st
         # The stage fails again (no pipeline runs here): as the service would report it.
         item = WorkItem(request_id=rid, stage="script_generation", attempt=attempt + 2)
         side.tracker.fail_stage(
-            rid, "script_generation", "again", is_retryable=False, work_item=item
+            rid,
+            "script_generation",
+            "again",
+            is_retryable=False,
+            work_item=item,
+            attempt=item.attempt,
         )
         side.tracker.fail_request(rid, "again", "script_generation")
         side.flush()
@@ -471,3 +476,39 @@ def test_openapi_lists_the_seed_endpoints(side: ReadSide) -> None:
     assert page.status_code == 200
     assert "Vividly" in page.text
     assert Path(__file__).exists()
+
+
+def test_a_second_click_racing_the_first_retrys_fold_is_refused(
+    side: ReadSide, unique: str
+) -> None:
+    """The second click reads the request as failed, then the first click's RequestRetried
+    is folded (adding attempt 2's row) before it looks up what to retry. Reproduced by
+    putting the status back to failed after the fold: it must still be one retry."""
+    import asyncio
+
+    import asyncpg
+
+    org = f"org-{unique}"
+    rid = make_request(side.tracker, org, "s", outcome="failed")
+    side.flush()
+    wait_for(lambda: visible(side, rid, "failed"), what="fold")
+    with side.client("admin") as c:
+        assert c.post(f"/api/v1/requests/{rid}/retry").status_code == 202
+    wait_for(lambda: visible(side, rid, "queued"), what="the retry folded")
+
+    async def as_if_unfolded() -> None:
+        conn = await asyncpg.connect(side.pipeline.database_url)
+        try:
+            await conn.execute(
+                "UPDATE vividly_read.requests SET status = 'failed',"
+                " error_stage = 'script_generation' WHERE request_id = $1",
+                rid,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(as_if_unfolded())
+    with side.client("admin") as c:
+        again = c.post(f"/api/v1/requests/{rid}/retry")
+    assert again.status_code == 409, again.text
+    assert again.json()["detail"]["code"] == "retry_in_progress"

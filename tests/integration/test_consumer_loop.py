@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -334,3 +335,87 @@ def test_tracking_events_of_unknown_future_types_are_skipped_not_dead_lettered(
     assert stages == ["validation", "rag_retrieval"]
     assert router.skipped == {"request_created": 1, "unknown": 1}
     assert loop.stats.dead_lettered == 0
+
+
+def test_a_closed_gate_holds_partitions_assigned_after_the_pause(
+    broker: Broker, unique: str
+) -> None:
+    """The breaker opened before the group assigned anything: the partitions that arrive
+    later must be held too, until the gate opens (no item handled while it is closed)."""
+    settings = broker.settings()
+    src, _dst, dlq = topics(settings, unique)
+    ids = [f"r{i:02d}" for i in range(12)]
+    produce_items(settings, src, ids)
+    gate_open = threading.Event()
+    held: list[str] = []
+    control: list[str] = []
+
+    def loop_for(group: str, seen: list[str], gates: list[object]) -> tuple[ConsumerLoop, Any]:
+        async def handle(_d: Delivery, item: WorkItem) -> list[Outgoing]:
+            seen.append(item.request_id)
+            return []
+
+        pub = KafkaPublisher(settings, group)
+        loop = ConsumerLoop(
+            settings=settings,
+            group_id=group,
+            topics=[src],
+            publisher=pub,
+            handlers={WorkItem: handle},
+            gates=gates,  # type: ignore[arg-type]
+            dlq_topic=dlq,
+        )
+        return loop, pub
+
+    gated, gated_pub = loop_for(f"g-held-{unique}", held, [gate_open.is_set])
+    free, free_pub = loop_for(f"g-free-{unique}", control, [])
+    with running(gated, gated_pub), running(free, free_pub):
+        assert gated.ready.wait(60), "the gated loop got its partitions"
+        # The control group reads the same items: they are there to be fetched.
+        wait_until(lambda: sorted(control) == ids, 60, "the control loop to handle all")
+        assert held == [], "nothing is taken while the gate is closed"
+        gate_open.set()
+        wait_until(lambda: sorted(held) == ids, 60, "the held items once the gate opens")
+
+
+def test_a_failed_delivery_is_never_committed_and_stops_the_loop(
+    broker: Broker, unique: str
+) -> None:
+    """A tracking event that cannot be delivered (its topic does not exist): the input's
+    offset is not committed, and the loop stops so the input is redelivered."""
+    from vividly.bus import DeliveryFailed
+    from vividly.tracker import RequestTracker
+
+    settings = broker.settings(delivery_timeout_ms=1500, commit_interval_s=0.05)
+    src, dst, dlq = topics(settings, unique)
+    make_topics(settings, src + "-1p", partitions=1)
+    src = src + "-1p"
+    produce_items(settings, src, ["r0", "r1", "r2"])
+    pub = KafkaPublisher(settings, "delivery-test")
+    tracker = RequestTracker(pub, topic=f"no-such-topic-{unique}")  # auto-create is off
+    handled: list[str] = []
+
+    async def handle(_d: Delivery, item: WorkItem) -> list[Outgoing]:
+        handled.append(item.request_id)
+        if item.request_id == "r1":
+            tracker.log_event(item.request_id, "x", "an event that is never delivered")
+        return [Outgoing.of(dst, item.request_id, item)]
+
+    group = f"g-{unique}"
+    loop = ConsumerLoop(
+        settings=settings,
+        group_id=group,
+        topics=[src],
+        publisher=pub,
+        handlers={WorkItem: handle},
+        dlq_topic=dlq,
+        max_in_flight=1,
+        topic_partitions={src: 1, dst: 3, dlq: 3},
+    )
+    with pytest.raises(DeliveryFailed):
+        asyncio.run(loop.run())
+    pub.close(5)
+    assert handled[:2] == ["r0", "r1"]
+    assert committed(settings, group, src, 1)[0] <= 1, "never past the input whose event failed"
+    out = read_topic(settings, dst, lambda got: len(got) >= 1, timeout=15)
+    assert [key_of(m) for m in out] == ["r0"], "r1's output was not sent ahead of its events"

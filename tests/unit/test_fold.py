@@ -72,3 +72,42 @@ def test_percentiles_interpolate_within_histogram_buckets() -> None:
     assert 95 <= p95 <= 100
     assert percentiles([0] * len(buckets), (0.5,)) == [None]
     assert percentiles(buckets, (0.5,), ceiling=60.0) == [60.0]  # never above the max seen
+
+
+def test_a_redelivered_stage_start_never_reopens_a_finished_attempt() -> None:
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    tracker.start_stage(rid, "rag_retrieval", attempt=1)
+    tracker.complete_stage(rid, "rag_retrieval", {"n": 5}, attempt=1, duration_ms=12.0)
+    tracker.start_stage(rid, "rag_retrieval", attempt=1)  # the same item, redelivered
+    batch = fold_batch(envelopes(pub), {})
+    row = batch.stages[(rid, "rag_retrieval", 1)]
+    assert row.status == "completed"
+    assert row.duration_ms == 12.0
+    first_start = envelopes(pub)[1].occurred_at
+    assert row.started_at is not None
+    assert row.started_at.timestamp() == first_start.seconds + first_start.nanos / 1e9
+
+
+def test_poison_envelopes_are_named_and_good_ones_pass() -> None:
+    import math
+
+    from services.projector.fold import poison_reason
+
+    tracker, pub = tracked()
+    tracker.create_request("s1", "Photosynthesis", "obj", "10", 5)
+    good = envelopes(pub)[0]
+    assert poison_reason(good) is None
+    no_id = Envelope()
+    no_id.CopyFrom(good)
+    no_id.event_id = ""
+    assert poison_reason(no_id) == "no event_id"
+    nan = Envelope()
+    nan.CopyFrom(good)
+    nan.stage_completed.stage = "validation"
+    nan.stage_completed.duration_ms = math.inf
+    assert poison_reason(nan) == "stage_completed.duration_ms is inf"
+    late = Envelope()
+    late.CopyFrom(good)
+    late.occurred_at.seconds = 10**12
+    assert "out of range" in (poison_reason(late) or "")

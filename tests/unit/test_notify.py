@@ -76,3 +76,32 @@ def test_a_failure_item_sends_the_error_email_once_and_runs_no_stage() -> None:
     assert "stage_started" not in kinds
     logged = [m.envelope().event_logged.event_type for m in pub.messages]
     assert logged == ["error_notification_sent", "error_notification_skipped"]
+
+
+def test_a_claim_left_by_a_sender_that_died_before_sending_is_taken_after_its_lease() -> None:
+    """notify killed between claiming the email and sending it: the redelivered item must
+    not see the claim as "sent"; it waits out the lease, then sends, same Message-ID."""
+    now = [0.0]
+    ledger = MemorySendLedger(lease_s=60.0, clock=lambda: now[0])
+    mailer = MemoryMailer()
+    notifier = Notifier(mailer, ledger, "x", claim_poll_s=0.001)
+    item = ready_item()
+    # The process that died: it claimed, and never sent or released.
+    assert asyncio.run(ledger.claim("r1", "content_ready", "<r1.content_ready@vividly.edu>", "a"))
+
+    async def redelivered() -> bool:
+        from services.notify.handlers import compose
+
+        task = asyncio.create_task(
+            notifier.send_once(item, "content_ready", compose(item, "content_ready", "x"))
+        )
+        for _ in range(50):
+            await asyncio.sleep(0.002)
+        assert not task.done(), "a young claim is waited on, not taken and not skipped"
+        assert mailer.sent == []
+        now[0] = 61.0  # the dead sender's lease runs out
+        return await task
+
+    assert asyncio.run(redelivered()) is True
+    assert [m["Message-ID"] for m in mailer.sent] == ["<r1.content_ready@vividly.edu>"]
+    assert ledger.rows[("r1", "content_ready")][0] == "sent"

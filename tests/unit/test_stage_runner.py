@@ -153,23 +153,82 @@ def test_the_gate_closes_while_a_breaker_is_open() -> None:
     assert r.accepting()
 
 
-def test_a_redelivered_item_never_completes_the_same_attempt_twice() -> None:
+def test_a_redelivered_item_is_never_worked_twice_and_republishes_the_same_events() -> None:
     pub = FakePublisher()
     ledger = MemoryLedger()
     outputs = iter([{"job_id": "first"}, {"job_id": "second"}])
+    calls = 0
 
     async def work(_i: WorkItem, _c: StageContext) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
         return next(outputs)
 
     r = runner(work, pub, ledger)
     first = asyncio.run(r(D, item()))
     second = asyncio.run(r(D, item()))
-    assert kinds(pub).count("stage_completed") == 1
-    # The redelivery forwards what the first completion recorded.
-    assert (
-        WorkItem.FromString(second[0].value).outputs_json["video_generation"]
-        == WorkItem.FromString(first[0].value).outputs_json["video_generation"]
+    assert calls == 1, "the ledger is consulted before the work starts"
+    assert kinds(pub) == ["stage_started", "stage_completed", "stage_completed"]
+    completed = [e for e in pub.envelopes() if e.WhichOneof("event") == "stage_completed"]
+    # The first publish may not have reached the broker: the redelivery publishes it
+    # again, as the same event (one id), which the projector keeps once.
+    assert len({e.event_id for e in completed}) == 1
+    assert completed[0] == completed[1]
+    assert first[0].value == second[0].value
+    assert WorkItem.FromString(second[0].value).outputs_json["video_generation"] == (
+        b'{"job_id":"first"}'
     )
+
+
+def test_a_redelivered_failure_is_not_retried_again_but_resends_the_same_retry() -> None:
+    pub = FakePublisher()
+    ledger = MemoryLedger()
+    calls = 0
+
+    async def work(_i: WorkItem, _c: StageContext) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise ProviderError("video API 503", retryable=True, status=503)
+
+    r = runner(work, pub, ledger)
+    first = asyncio.run(r(D, item()))
+    second = asyncio.run(r(D, item()))
+    assert calls == 1
+    assert [o.topic for o in second] == ["requests.scripted"]
+    assert first == second, "the same retry item, with the same not-before header"
+    failed = [e for e in pub.envelopes() if e.WhichOneof("event") == "stage_failed"]
+    scheduled = [e for e in pub.envelopes() if e.WhichOneof("event") == "stage_retry_scheduled"]
+    assert len(failed) == 2
+    assert len({e.event_id for e in failed}) == 1
+    assert len({e.event_id for e in scheduled}) == 1
+
+
+def test_an_attempt_recorded_by_another_delivery_first_publishes_that_outcome() -> None:
+    """Two copies of one item in flight: the one that records second publishes the
+    first one's events, not its own, so the log holds one outcome per attempt."""
+    pub = FakePublisher()
+    ledger = MemoryLedger()
+    gate = asyncio.Event()
+
+    async def work(i: WorkItem, _c: StageContext) -> dict[str, Any]:
+        if i.correlation_id == "slow":
+            await gate.wait()
+            return {"job_id": "slow"}
+        gate.set()
+        return {"job_id": "fast"}
+
+    async def both() -> list[Any]:
+        r = runner(work, pub, ledger)
+        slow, fast = item(), item()
+        slow.correlation_id = "slow"
+        return list(await asyncio.gather(r(D, slow), r(D, fast)))
+
+    outs = asyncio.run(both())
+    completed = [e for e in pub.envelopes() if e.WhichOneof("event") == "stage_completed"]
+    assert len({e.event_id for e in completed}) == 1
+    assert {WorkItem.FromString(o[0].value).outputs_json["video_generation"] for o in outs} == {
+        b'{"job_id":"fast"}'
+    }
 
 
 def test_an_item_addressed_to_another_stage_is_refused() -> None:

@@ -444,3 +444,24 @@ def test_breaker_events_are_keyed_by_the_breaker(pub: FakePublisher) -> None:
     assert (ev.breaker, ev.old_state, ev.new_state) == ("nano_banana", "closed", "open")
     assert (ev.fail_counter, ev.total_calls, ev.total_failures) == (5, 40, 7)
     assert msg.envelope().request_id == ""
+
+
+def test_nan_and_infinity_are_refused_before_anything_is_published() -> None:
+    import math
+
+    from vividly.testing import FakePublisher
+    from vividly.tracker import PayloadError, RequestTracker
+
+    pub = FakePublisher()
+    t = RequestTracker(pub)
+    with pytest.raises(PayloadError, match="duration_ms"):
+        t.complete_stage("r1", "validation", {"ok": True}, duration_ms=float("nan"))
+    with pytest.raises(PayloadError, match="duration_ms"):
+        t.fail_stage("r1", "validation", "x", duration_ms=math.inf)
+    with pytest.raises(PayloadError, match="NaN or infinity"):
+        t.complete_stage("r1", "validation", {"score": [1.0, {"x": -math.inf}]})
+    with pytest.raises(PayloadError, match="NaN or infinity"):
+        t.log_event("r1", "perf", "m", event_data={"v": math.nan})
+    assert pub.messages == []
+    t.complete_stage("r1", "validation", {"none": None}, duration_ms=3.0)  # a real null
+    assert len(pub.messages) == 1

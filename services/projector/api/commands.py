@@ -4,6 +4,7 @@ updating the read model): submit a request, retry a failed one from its failed s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from vividly.bus import Outgoing
 from vividly.config import STAGE_INPUT_TOPICS
 from vividly.events import WorkItem
 from vividly.publish import KafkaPublisher
-from vividly.tracker import RequestTracker
+from vividly.tracker import Captured, RequestTracker
 
 S = quote_ident(LIVE_SCHEMA)
 
@@ -34,20 +35,38 @@ class RetryAccepted:
     requested_by: str
 
 
-async def delivered(publisher: KafkaPublisher, seq: int, timeout: float = 15.0) -> None:
-    """Wait until the producer has an answer for everything up to ``seq``."""
+class PublishFailed(RuntimeError):
+    """The broker did not acknowledge a message (failed, or not in time): answer 503."""
+
+
+async def publish_acked(
+    publisher: KafkaPublisher, messages: Sequence[Captured], timeout: float = 15.0
+) -> None:
+    """Publish ``messages`` and wait for each one's own delivery report; raise
+    PublishFailed unless the broker acknowledged every one. (Per message, not the
+    producer's watermark: one old failure must not fail every later call.)"""
     loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
+    futs: list[asyncio.Future[str | None]] = []
+    for topic, key, value, headers in messages:
+        fut: asyncio.Future[str | None] = loop.create_future()
 
-    def settle() -> None:
-        if not fut.done():
-            fut.set_result(None)
+        def done(err: Any, _msg: Any, fut: asyncio.Future[str | None] = fut) -> None:
+            loop.call_soon_threadsafe(_settle, fut, None if err is None else str(err))
 
-    def done() -> None:
-        loop.call_soon_threadsafe(settle)
+        publisher.publish(topic, key, value, list(headers), on_delivery=done)
+        futs.append(fut)
+    try:
+        errors = await asyncio.wait_for(asyncio.gather(*futs), timeout)
+    except TimeoutError as exc:
+        raise PublishFailed(f"the event log did not acknowledge within {timeout:.0f} s") from exc
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise PublishFailed(f"the event log refused {len(failed)} message(s): {failed[0]}")
 
-    publisher.when_delivered(seq, done)
-    await asyncio.wait_for(fut, timeout)
+
+def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
+    if not fut.done():
+        fut.set_result(error)
 
 
 async def retry_failed(
@@ -95,10 +114,22 @@ async def retry_failed(
             "retry_in_progress", f"attempt {item.attempt} of {failed_stage} was already requested"
         )
     tracker.bind(rid, item.correlation_id)
-    tracker.request_retried(rid, failed_stage, requested_by, item.attempt)
     out = Outgoing.of(
         STAGE_INPUT_TOPICS[failed_stage], rid, item, item.correlation_id, item.traceparent
     )
-    seq = publisher.publish(out.topic, out.key, out.value, out.headers)
-    await delivered(publisher, seq)
+    try:
+        with tracker.capturing() as events:
+            tracker.request_retried(rid, failed_stage, requested_by, item.attempt)
+        await publish_acked(publisher, events)
+        await publish_acked(publisher, [(out.topic, out.key, out.value, out.headers)])
+    except PublishFailed:
+        # Nothing of this retry is known to be in the log: give the attempt back, so
+        # asking again is not refused as "already requested".
+        await conn.execute(
+            "DELETE FROM vividly.retry_log WHERE request_id = $1 AND stage = $2 AND attempt = $3",
+            rid,
+            failed_stage,
+            item.attempt,
+        )
+        raise
     return RetryAccepted(rid, failed_stage, item.attempt, requested_by)

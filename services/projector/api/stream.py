@@ -69,6 +69,12 @@ def frame_of(row: Any) -> Frame:
     return Frame(row["seq"], row["request_id"], row["organization_id"], row["student_id"], text)
 
 
+def _resync(last_seq: int) -> str:
+    """Told to a client cut off for being too slow: reconnect with this Last-Event-ID."""
+    body = orjson.dumps({"reason": "too_slow", "last_event_id": last_seq}).decode()
+    return f"event: resync\ndata: {body}\n\n"
+
+
 #: Put into an idle subscriber's queue by the hub's timer: send a keep-alive comment.
 HEARTBEAT = Frame(-1, None, None, None, ": heartbeat\n\n")
 
@@ -121,19 +127,53 @@ class Hub:
         self._wake = asyncio.Event()
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._stopping = False
         self.frames_sent = 0
+        self.cut_off = 0
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self.database_url)
-        await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        await self._listen()
         self.last_seq = await self._conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {S}.events")
-        self.listening = True
         self._task = asyncio.create_task(self._pump(), name="sse-hub")
         self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
 
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        conn.add_termination_listener(self._lost)
+        self._conn = conn
+        self.listening = True
+
+    def _lost(self, conn: Any) -> None:
+        """The LISTEN connection ended (Postgres restarted, a network cut): not ready
+        until it is back; notifications missed meanwhile are caught up by seq."""
+        if conn is not self._conn or self._reconnect is not None:
+            return
+        self.listening = False
+        log.warning("lost the LISTEN connection; reconnecting")
+        self._reconnect = asyncio.create_task(self._relisten(), name="sse-relisten")
+
+    async def _relisten(self) -> None:
+        delay = 0.2
+        try:
+            while True:
+                try:
+                    await self._listen()
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("LISTEN reconnect failed; retrying", extra={"error": str(exc)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            log.info("listening again", extra={"from_seq": self.last_seq})
+            self._wake.set()  # read whatever was folded while we were away
+        finally:
+            self._reconnect = None
+
     async def stop(self) -> None:
         self.listening = False
-        for task in (self._task, self._ticker):
+        self._stopping = True
+        for task in (self._task, self._ticker, self._reconnect):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -172,7 +212,9 @@ class Hub:
                     if len(rows) < 2000:
                         break
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-                log.exception("reading new events failed; retrying on the next notify")
+                log.exception("reading new events failed; retrying")
+                if self._conn is not None and self._conn.is_closed() and not self._stopping:
+                    self._lost(self._conn)
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
@@ -187,7 +229,11 @@ class Hub:
                         break
 
     def _drop(self, sub: Subscriber) -> None:
+        """Cut off a subscriber that cannot keep up. Its queue is full, so the end marker
+        may not fit: the stream checks ``dropped`` once the queue is drained, tells the
+        client (a ``resync`` frame with the last id it was sent) and closes."""
         sub.dropped = True
+        self.cut_off += 1
         self.subscribers.discard(sub)
         with contextlib.suppress(asyncio.QueueFull):
             sub.queue.put_nowait(None)
@@ -210,6 +256,9 @@ class Hub:
                     sent = old.seq
             queue = sub.queue
             while True:
+                if sub.dropped and queue.empty():
+                    yield _resync(sent)
+                    return
                 first = await queue.get()  # a frame, a heartbeat tick, or None (end)
                 # Whatever else is queued goes out in the same write.
                 batch = [first]
@@ -218,6 +267,8 @@ class Hub:
                 chunk: list[str] = []
                 for frame in batch:
                     if frame is None:  # cut off (too slow) or shutting down: client resumes
+                        if sub.dropped:
+                            chunk.append(_resync(sent))
                         if chunk:
                             yield "".join(chunk)
                         return

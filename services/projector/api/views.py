@@ -306,17 +306,20 @@ async def hourly_metrics(conn: Any, hours: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- retry support
 async def retry_source(conn: Any, request_id: str, stage: str) -> tuple[int, bytes] | None:
-    """The newest kept input of a failed attempt of ``stage`` and the highest attempt
-    number seen for it (the retry runs as that + 1)."""
+    """The newest failed attempt of ``stage`` that kept its input, and that input (the
+    retry runs as that attempt + 1).
+
+    Numbered from the failed attempt, not from the highest attempt row: a second click
+    that reads the request as failed just before the first click's RequestRetried is
+    folded (which adds the new attempt's row) must compute the same attempt, so the
+    retry log's key refuses it."""
     row = await conn.fetchrow(
-        f"SELECT (SELECT max(attempt) FROM {S}.request_stages"
-        f"          WHERE request_id = $1 AND stage = $2) AS top,"
-        f"       (SELECT input_item FROM {S}.request_stages"
-        f"          WHERE request_id = $1 AND stage = $2 AND input_item IS NOT NULL"
-        f"          ORDER BY attempt DESC LIMIT 1) AS item",
+        f"SELECT attempt, input_item FROM {S}.request_stages"
+        " WHERE request_id = $1 AND stage = $2 AND input_item IS NOT NULL"
+        " ORDER BY attempt DESC LIMIT 1",
         request_id,
         stage,
     )
-    if row is None or row["item"] is None:
+    if row is None:
         return None
-    return int(row["top"]), bytes(row["item"])
+    return int(row["attempt"]), bytes(row["input_item"])

@@ -17,10 +17,15 @@ from services.ingest.handlers import (
     normalise_grade,
 )
 from services.projector.api import views
-from services.projector.api.commands import RetryRefused, delivered, retry_failed
+from services.projector.api.commands import (
+    PublishFailed,
+    RetryRefused,
+    publish_acked,
+    retry_failed,
+)
 from services.projector.api.deps import Caller, Conn, State
 from vividly.config import STAGES
-from vividly.submit import submit_request
+from vividly.submit import build_submission
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
 
@@ -105,25 +110,27 @@ async def submit(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             [{"loc": ["body", "student_id"], "msg": "Field required", "type": "missing"}],
         )
-    rid, cid = submit_request(
-        state.tracker,
-        state.publisher,
-        student_id=student_id,
-        topic=body.topic,
-        learning_objective=body.learning_objective,
-        grade_level=body.grade_level,
-        duration_minutes=body.duration_minutes,
-        metadata=body.metadata,
-        organization_id=org or "",
-        idempotency_key=idempotency_key,
-        student_email=body.student_email or "",
-    )
+    tracker = state.tracker
+    with tracker.capturing() as events:
+        rid, cid, item = build_submission(
+            tracker,
+            student_id=student_id,
+            topic=body.topic,
+            learning_objective=body.learning_objective,
+            grade_level=body.grade_level,
+            duration_minutes=body.duration_minutes,
+            metadata=body.metadata,
+            organization_id=org or "",
+            idempotency_key=idempotency_key,
+            student_email=body.student_email or "",
+        )
     try:
-        await delivered(state.publisher, state.publisher.last_seq())
-    except TimeoutError as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "the event log did not acknowledge in time"
-        ) from exc
+        # The request's events first, then its work item: 202 only for what the broker
+        # acknowledged, and the pipeline never sees a request the log does not have.
+        await publish_acked(state.publisher, events)
+        await publish_acked(state.publisher, [(item.topic, item.key, item.value, item.headers)])
+    except PublishFailed as exc:
+        raise _unavailable(exc) from exc
     location = f"/api/v1/monitoring/requests/{rid}"
     response.headers["Location"] = location
     return {"request_id": rid, "correlation_id": cid, "status": "queued", "location": location}
@@ -164,6 +171,8 @@ async def retry(
         raise HTTPException(
             status.HTTP_409_CONFLICT, {"code": exc.code, "message": str(exc)}
         ) from exc
+    except PublishFailed as exc:
+        raise _unavailable(exc) from exc
     return {
         "request_id": accepted.request_id,
         "stage": accepted.stage,
@@ -171,3 +180,11 @@ async def retry(
         "requested_by": accepted.requested_by,
         "location": f"/api/v1/monitoring/requests/{request_id}",
     }
+
+
+def _unavailable(exc: PublishFailed) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        {"code": "publish_failed", "message": str(exc)},
+        headers={"Retry-After": "5"},
+    )
