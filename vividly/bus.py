@@ -397,6 +397,15 @@ class ConsumerLoop:
         topic, partition = cast(str, msg.topic()), cast(int, msg.partition())
         delivery = Delivery(topic, partition, offset, msg.key(), headers, msg.timestamp()[1])
         value: bytes = msg.value() or b""
+        if len(value) > self.settings.max_message_bytes:
+            await self._dead_letter(
+                msg,
+                headers,
+                "oversized",
+                f"{len(value)} bytes; the limit is {self.settings.max_message_bytes}",
+            )
+            self._finish(topic, partition, state, offset)
+            return
         decoded = self._decode(headers, value)
         if isinstance(decoded, str):
             await self._dead_letter(msg, headers, "decode_error", decoded)
@@ -454,7 +463,26 @@ class ConsumerLoop:
                 try:
                     outputs = await handler(delivery, decoded)
                     break
-                except RetryableError as exc:
+                except Exception as exc:
+                    if is_transient(exc):
+                        # Not this message's fault (Postgres restarting, a connection
+                        # cut): wait and try again for as long as it takes; a transient
+                        # outage never dead-letters work.
+                        delay = min(
+                            5.0, self.settings.handler_retry_backoff_s * 2 ** min(attempt, 10)
+                        )
+                        if attempt == 1 or attempt % 10 == 0:
+                            log.warning(
+                                "infrastructure unavailable; retrying the message",
+                                extra={"attempt": attempt, "delay_s": delay, "error": repr(exc)},
+                            )
+                        await asyncio.sleep(delay)
+                        continue
+                    if not isinstance(exc, RetryableError):
+                        await self._dead_letter(
+                            msg, delivery.headers, "handler_error", f"{type(exc).__name__}: {exc}"
+                        )
+                        return
                     if attempt >= self.settings.handler_max_attempts:
                         await self._dead_letter(
                             msg,
@@ -470,11 +498,6 @@ class ConsumerLoop:
                         extra={"attempt": attempt, "delay_s": delay, "error": str(exc)},
                     )
                     await asyncio.sleep(delay)
-                except Exception as exc:
-                    await self._dead_letter(
-                        msg, delivery.headers, "handler_error", f"{type(exc).__name__}: {exc}"
-                    )
-                    return
             if outputs and self.settings.causal_events:
                 # Every fact the handler published (tracking events) is durable before
                 # the next stage can see its input: a request's events stay causal.
@@ -685,6 +708,34 @@ class ConsumerLoop:
             except (NotImplementedError, RuntimeError):
                 pass
         return installed
+
+
+#: asyncpg's exceptions for a connection that is gone, known by name (the SDK core does not
+#: import asyncpg); SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
+#: intervention: the server shutting down or starting up).
+_TRANSIENT_NAMES = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "InternalClientError",
+        "TooManyConnectionsError",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An infrastructure failure that will pass (a lost or refused connection, a timeout,
+    Postgres restarting): the message is retried until it passes, never dead-lettered.
+    A handler's own RetryableError is not one of these: it has a bounded number of tries."""
+    if isinstance(exc, RetryableError | DeliveryFailed):
+        return False
+    if isinstance(exc, OSError):  # ConnectionError, TimeoutError, socket errors
+        return True
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state[:2] in ("08", "53", "57"):
+        return True
+    names = {c.__name__ for c in type(exc).__mro__}
+    return type(exc).__module__.startswith("asyncpg") and bool(names & _TRANSIENT_NAMES)
 
 
 def _take(consumer: Consumer, most: int, wait_s: float) -> list[Message]:

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
 
     # --- tracker -----------------------------------------------------------------------
     producer_name: str = Field(default="vividly", description="Service name put on events.")
+    max_message_bytes: int = Field(
+        default=512 * 1024,
+        ge=64 * 1024,
+        description="Largest work item or tracking event a consumer takes; a larger one is "
+        "dead-lettered (stage topics) or quarantined (tracking.events) as oversized.",
+    )
     max_payload_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Limit for output/event/error JSON data."
     )

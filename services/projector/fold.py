@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from vividly.events import Envelope
+from vividly.events import SCHEMA_VERSION, Envelope
 
 #: Upper bounds (ms) of the duration histogram buckets; one more bucket holds the rest.
 DURATION_BOUNDS_MS: tuple[float, ...] = (
@@ -373,7 +373,9 @@ def _stage_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
     row.error_details = details
     row.is_retryable = ev.is_retryable
     if ev.HasField("input"):
-        row.input_item = ev.input.SerializeToString()
+        # Deterministic: a map field's order otherwise varies between processes, and a
+        # rebuild must store the same bytes as the live fold did.
+        row.input_item = ev.input.SerializeToString(deterministic=True)
     m, h = b.metric(at, ev.stage)
     m.failed += 1
     h.failed += 1
@@ -513,6 +515,10 @@ def poison_reason(env: Envelope) -> str | None:
     if not _MIN_S <= env.occurred_at.seconds <= _MAX_S:
         return f"occurred_at {env.occurred_at.seconds} s is out of range"
     kind = env.WhichOneof("event")
+    if kind is None and env.schema_version <= SCHEMA_VERSION:
+        # Not an event type of a newer schema (those are skipped): a truncated or
+        # garbled envelope.
+        return f"no event in the envelope (schema version {env.schema_version})"
     if kind in ("stage_completed", "stage_failed"):
         duration = getattr(env, kind).duration_ms
         if not math.isfinite(duration):

@@ -73,7 +73,9 @@ class Projector:
     ) -> None:
         self.settings = settings
         self.database_url = database_url
-        self.store = ReadModelStore(schema, notify=notify)
+        self.store = ReadModelStore(
+            schema, notify=notify, max_event_bytes=settings.max_message_bytes
+        )
         self.group_id = group_id
         self.batch_max = batch_max
         self.topic = topic

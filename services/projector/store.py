@@ -150,9 +150,12 @@ def _clean(text: str | None) -> str | None:
 class ReadModelStore:
     """The read model in one schema (live, a rebuild, or an analyst's replay)."""
 
-    def __init__(self, schema: str = LIVE_SCHEMA, notify: bool = True) -> None:
+    def __init__(
+        self, schema: str = LIVE_SCHEMA, notify: bool = True, max_event_bytes: int = 512 * 1024
+    ) -> None:
         self.schema = schema
         self.notify = notify
+        self.max_event_bytes = max_event_bytes
         s = quote_ident(schema)
         self.s = s
         self._sql_dupes = f"SELECT event_id::text FROM {s}.events WHERE event_id = ANY($1::uuid[])"
@@ -369,6 +372,9 @@ class ReadModelStore:
             key = (rec.topic, rec.partition)
             if rec.offset + 1 > next_offsets.get(key, -1):
                 next_offsets[key] = rec.offset + 1
+            if len(rec.value) > self.max_event_bytes:
+                poison.append((rec, f"oversized: {len(rec.value)} bytes", None))
+                continue
             env = Envelope()
             try:
                 env.ParseFromString(rec.value)

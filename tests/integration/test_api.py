@@ -512,3 +512,76 @@ def test_a_second_click_racing_the_first_retrys_fold_is_refused(
         again = c.post(f"/api/v1/requests/{rid}/retry")
     assert again.status_code == 409, again.text
     assert again.json()["detail"]["code"] == "retry_in_progress"
+
+
+def test_quarantined_events_are_counted_on_the_dashboard_and_listed_for_admins(
+    side: ReadSide, unique: str
+) -> None:
+    from confluent_kafka import Producer
+
+    from vividly.config import TRACKING_TOPIC
+
+    p = Producer({"bootstrap.servers": side.settings.kafka_bootstrap})
+    p.produce(TRACKING_TOPIC, b"\xff not a protobuf " + unique.encode(), unique.encode())
+    assert p.flush(20) == 0
+    later = make_request(side.tracker, f"org-{unique}", "s")  # the fold goes on past it
+    side.flush()
+    wait_for(lambda: visible(side, later, "completed"), what="the request after the poison")
+    with side.client("admin") as c:
+        dash = c.get("/api/v1/monitoring/dashboard").json()
+        assert dash["quarantined"] >= 1
+        rows = c.get("/api/v1/monitoring/quarantine", params={"limit": 500}).json()
+    assert any(r["reason"].startswith("undecodable") for r in rows), rows[:3]
+    with side.client("teacher", "t-1", f"org-{unique}") as c:
+        assert c.get("/api/v1/monitoring/dashboard").json()["quarantined"] is None
+        assert c.get("/api/v1/monitoring/quarantine").status_code == 403
+
+
+def test_the_stream_listens_again_after_losing_postgres_and_readyz_says_so(
+    side: ReadSide, unique: str
+) -> None:
+    """The hub's LISTEN connection is cut (as when Postgres restarts): /readyz answers 503
+    until it is back, and events folded meanwhile still reach a resuming client."""
+    import asyncio
+
+    import asyncpg
+
+    async def cut() -> int:
+        conn = await asyncpg.connect(side.pipeline.database_url)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = 'vividly-sse-hub'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    with side.client() as c:
+        assert c.get("/readyz").status_code == 200
+        last = c.get("/api/v1/monitoring/requests", params={"limit": 1}).status_code
+        assert last == 200
+    assert asyncio.run(cut()) >= 1
+    log = side.pipeline.home / "logs" / "api.log"
+
+    def relistened() -> bool:
+        text = log.read_text()
+        lost = text.rfind("lost the LISTEN connection")
+        return lost >= 0 and text.find("listening again", lost) > lost
+
+    # (readyz answers 503 only for the few milliseconds the reconnect takes: the hub's
+    # own record of losing and regaining the connection is what can be waited on.)
+    wait_for(relistened, what="the hub to notice the cut and LISTEN again", timeout=30)
+    with side.client() as c:
+        wait_for(lambda: c.get("/readyz").status_code == 200, what="ready again")
+    rid = make_request(side.tracker, f"org-{unique}", "s")
+    side.flush()
+    sse = SSE(f"{side.url}/api/v1/monitoring/stream", side.token(), {"request_id": rid}, last_id=0)
+    try:
+        wait_for(
+            lambda: any(f[1] == "request_completed" for f in sse.frames),
+            what="the new request's events on the stream after the reconnect",
+        )
+    finally:
+        sse.close()

@@ -227,3 +227,46 @@ def test_poison_events_are_quarantined_with_their_reason_and_the_fold_goes_on(
             await conn.close()
 
     asyncio.run(go())
+
+
+def test_a_fold_that_cannot_reach_its_targets_says_so_instead_of_swapping(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    from services.projector.runner import RebuildIncomplete, _short
+
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 1)
+
+    async def go() -> bool:
+        proj = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+        await proj.open()
+        try:
+            ends = await proj.assign_all()
+            beyond = {p: e + 5 for p, e in ends.items()}  # what a broker that lost a tail reports
+            return await proj.fold_until(beyond, idle_s=1.0)
+        finally:
+            await proj.close()
+
+    assert asyncio.run(go()) is False
+    message = _short({0: 12}, {0: 7})
+    assert "partition 0 at 7 of 12" in message
+    assert issubclass(RebuildIncomplete, RuntimeError)
+
+
+def test_publish_acked_refuses_what_the_broker_did_not_acknowledge() -> None:
+    """What makes POST /api/v1/requests answer 503 instead of a 202 for nothing."""
+    from services.projector.api.commands import PublishFailed, publish_acked
+    from vividly.publish import KafkaPublisher
+    from vividly.stack import free_port
+
+    dead = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", delivery_timeout_ms=1000)
+    pub = KafkaPublisher(dead, "api-dead")
+
+    async def go() -> None:
+        with pytest.raises(PublishFailed, match=r"refused|acknowledge"):
+            await publish_acked(pub, [("tracking.events", b"k", b"v", [])], timeout=10)
+
+    try:
+        asyncio.run(go())
+    finally:
+        pub.close(1)

@@ -1,12 +1,11 @@
-"""A whole pipeline for the end-to-end tests: real broker (Apache Kafka unless
-VIVIDLY_PIPELINE_BROKER says otherwise), real Postgres, the emulators, moto's S3, the SMTP
+"""A whole pipeline for the end-to-end tests: real broker (Apache Kafka),
+real Postgres, the emulators, moto's S3, the SMTP
 sink and the five services as processes. One per test module; knobs reset per test."""
 
 from __future__ import annotations
 
 import asyncio
 import email
-import os
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from vividly.publish import KafkaPublisher
 from vividly.submit import submit_request
 from vividly.tracker import RequestTracker
 
-PIPELINE_BROKER = os.environ.get("VIVIDLY_PIPELINE_BROKER", "apache")
+PIPELINE_BROKER = "apache"
 API_SECRET = "pipeline-" + uuid.uuid4().hex
 
 FAST_ENV = {

@@ -26,6 +26,8 @@ from services.projector.store import LIVE_SCHEMA, NOTIFY_CHANNEL, quote_ident
 from vividly.auth import Principal
 
 log = logging.getLogger("vividly.api.stream")
+#: The LISTEN connection's name in pg_stat_activity.
+HUB_APPLICATION_NAME = "vividly-sse-hub"
 S = quote_ident(LIVE_SCHEMA)
 _COLUMNS = (
     "seq, event_id::text AS event_id, request_id, correlation_id, organization_id, student_id,"
@@ -139,7 +141,9 @@ class Hub:
         self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self.database_url)
+        conn = await asyncpg.connect(
+            self.database_url, server_settings={"application_name": HUB_APPLICATION_NAME}
+        )
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         conn.add_termination_listener(self._lost)
         self._conn = conn

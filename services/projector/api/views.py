@@ -139,7 +139,23 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
             "stages": stage_stats,
         },
         "breakers": await breakers(conn),
+        # Poison events the fold set aside (every tenant's raw bytes): admins only.
+        "quarantined": (
+            int(await conn.fetchval(f"SELECT count(*) FROM {S}.quarantine"))
+            if who.role == "admin"
+            else None
+        ),
     }
+
+
+async def quarantine(conn: Any, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f'SELECT topic, partition, "offset", event_id, request_id, reason, quarantined_at,'
+        f" octet_length(raw) AS bytes FROM {S}.quarantine"
+        " ORDER BY quarantined_at DESC LIMIT $1",
+        limit,
+    )
+    return [dict(r) for r in rows]
 
 
 async def breakers(conn: Any) -> list[dict[str, Any]]:

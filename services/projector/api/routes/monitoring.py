@@ -86,6 +86,19 @@ async def metrics(
     return await views.hourly_metrics(conn, hours)
 
 
+@router.get(
+    "/quarantine",
+    summary="Tracking events the fold set aside (undecodable, invalid, rejected), newest first",
+    responses={403: {"description": "admins only"}},
+)
+async def quarantine(
+    who: Reader, conn: Conn, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[dict[str, Any]]:
+    if who.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the quarantine is for admins")
+    return await views.quarantine(conn, limit)
+
+
 @router.get("/breakers", summary="Circuit breaker states")
 async def breakers(who: Reader, conn: Conn) -> list[dict[str, Any]]:
     return await views.breakers(conn)
