@@ -28,15 +28,17 @@ setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(COMPOSE_SCHEMA)
 # Java and Maven resolve and run the reference Apache Kafka broker; ffmpeg renders the
 # emulated videos and makes thumbnails; fonts for the rendered titles; Chromium runs the
 # dashboard's browser tests (driven by Playwright with executable_path); Prometheus
-# (promtool checks the config and alert rules; the real server reads the local stack).
+# (promtool checks the config and alert rules; the real server reads the local stack);
+# kcat (a test reads the local stack's log with it, as an SRE would).
 $(SYSTEM_STAMP):
 	@mkdir -p .cache
 	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null \
 	    || ! command -v ffmpeg >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] \
-	    || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing Java, Maven, ffmpeg, fonts, Chromium and Prometheus from Debian"; \
+	    || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null \
+	    || ! command -v kcat >/dev/null; then \
+	  echo "installing Java, Maven, ffmpeg, fonts, Chromium, Prometheus and kcat from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core chromium prometheus >/dev/null; \
+	    openjdk-17-jre-headless maven ffmpeg fonts-dejavu-core chromium prometheus kcat >/dev/null; \
 	fi
 	@touch $@
 

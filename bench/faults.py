@@ -13,7 +13,7 @@ moments:
   restarted a few seconds later on its log;
 - ``pause_broker``: SIGSTOP of a broker for longer than the group session timeout;
 - ``kill_postgres``: SIGKILL of Postgres, restarted on its data directory;
-- ``kill_service``: SIGKILL of one stage service, restarted;
+- ``kill_service``: SIGKILL of each stage service in turn (a seeded order), restarted;
 - ``kill_notify_mid_send``: notify SIGKILLed after claiming an email and before sending
   it, hit deterministically by holding the SMTP sink's MAIL FROM (its latency knob);
 - ``kill_projector``: SIGKILL of one of the two projectors mid-batch, restarted;
@@ -398,9 +398,14 @@ class Injector:
         pg.start()
 
     def kill_service(self) -> None:
-        name = self.rng.choice(SERVICES)
-        self.stack.kill(name)
-        wait_for(f"{name} restarted", lambda: self.stack.running(name), 60)
+        """Every stage service, in a seeded order, each SIGKILLed at a random moment
+        once the one before is back."""
+        names = list(SERVICES)
+        self.rng.shuffle(names)
+        for name in names:
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            self.stack.kill(name)
+            wait_for(f"{name} restarted", lambda n=name: self.stack.running(n), 60)
 
     def kill_notify_mid_send(self) -> None:
         """Hold the SMTP sink's MAIL FROM: notify claims, then waits on the sink; kill it

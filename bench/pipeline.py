@@ -42,6 +42,7 @@ from typing import Any
 
 import psutil
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from google.protobuf.message import DecodeError
 from rich.console import Console
 from rich.progress import Progress
 
@@ -118,7 +119,10 @@ class Watch:
                 kind_header = dict(msg.headers() or []).get("vividly-event")
                 if kind_header not in WATCHED:
                     continue
-                env = decode_envelope(msg.value() or b"")
+                try:
+                    env = decode_envelope(msg.value() or b"")
+                except DecodeError:  # poison in the log: the projector quarantines it
+                    continue
                 kind = env.WhichOneof("event")
                 t = env.occurred_at.ToNanoseconds() / 1e9
                 with self.lock:

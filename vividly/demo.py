@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from google.protobuf.message import DecodeError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -104,7 +105,10 @@ def run_demo(settings: Settings, count: int, timeout: float, console: Console) -
             for msg in consumer.consume(500, 0.2):
                 if msg.error() is not None:
                     continue
-                env = decode_envelope(msg.value() or b"")
+                try:
+                    env = decode_envelope(msg.value() or b"")
+                except DecodeError:  # poison in the log: the projector quarantines it
+                    continue
                 rid = env.request_id
                 if rid not in ids:
                     continue

@@ -77,6 +77,22 @@ def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
         )
         assert any(m.key() == rid.encode() for m in got)
         pub.close(5)
+        # An SRE's own tooling reads the log: Debian's kcat lists and consumes it.
+        bootstrap = procs["kafka"]["url"]
+        listed = subprocess.run(
+            ["kcat", "-b", bootstrap, "-L"], capture_output=True, text=True, timeout=30
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert f'topic "{TRACKING_TOPIC}"' in listed.stdout
+        keys = subprocess.run(
+            ["kcat", "-b", bootstrap, "-C", "-t", TRACKING_TOPIC, "-o", "beginning", "-e", "-q",
+             "-f", "%k\\n"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )  # fmt: skip
+        assert keys.returncode == 0, keys.stderr
+        assert rid in keys.stdout.split()
 
         async def versions() -> list[str]:
             conn = await asyncpg.connect(procs["postgres"]["url"])
