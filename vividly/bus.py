@@ -531,26 +531,26 @@ class ConsumerLoop:
             )
 
     async def _publish_durably(
-        self, topic: str, key: bytes, value: bytes, headers: Headers, tries: int = 3
+        self, topic: str, key: bytes, value: bytes, headers: Headers
     ) -> None:
-        """Publish and wait for the broker's acknowledgement; raise after ``tries``."""
+        """Publish and wait for the broker's acknowledgement. librdkafka has retried for
+        ``delivery_timeout_ms`` by the time it reports a failure, and a failed delivery
+        holds back every later commit (see :mod:`vividly.publish`), so a failure stops
+        the loop and the input is redelivered; trying again here could not help."""
         assert self._aio is not None
         loop = self._aio
-        for attempt in range(1, tries + 1):
-            fut: asyncio.Future[str | None] = loop.create_future()
+        fut: asyncio.Future[str | None] = loop.create_future()
 
-            def done(err: Any, _msg: Any, fut: asyncio.Future[str | None] = fut) -> None:
-                loop.call_soon_threadsafe(_resolve, fut, None if err is None else str(err))
+        def done(err: Any, _msg: Any) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, None if err is None else str(err))
 
-            self.publisher.publish(topic, key, value, headers, on_delivery=done)
-            error = await fut
-            if error is None:
-                return
-            log.error("publish failed", extra={"topic": topic, "attempt": attempt, "error": error})
-        raise RuntimeError(
-            f"could not publish to {topic} after {tries} tries; stopping so "
-            "the input is redelivered"
-        )
+        self.publisher.publish(topic, key, value, headers, on_delivery=done)
+        error = await fut
+        if error is not None:
+            log.error("publish failed", extra={"topic": topic, "error": error})
+            raise DeliveryFailed(
+                f"could not publish to {topic} ({error}); stopping so the input is redelivered"
+            )
 
     async def _dead_letter(
         self, msg: Message, headers: MessageHeaders, reason: str, detail: str

@@ -419,3 +419,36 @@ def test_a_failed_delivery_is_never_committed_and_stops_the_loop(
     assert committed(settings, group, src, 1)[0] <= 1, "never past the input whose event failed"
     out = read_topic(settings, dst, lambda got: len(got) >= 1, timeout=15)
     assert [key_of(m) for m in out] == ["r0"], "r1's output was not sent ahead of its events"
+
+
+def test_an_output_that_cannot_be_delivered_stops_the_loop_without_committing_it(
+    broker: Broker, unique: str
+) -> None:
+    from vividly.bus import DeliveryFailed
+
+    settings = broker.settings(delivery_timeout_ms=1500, commit_interval_s=0.05)
+    src, _dst, dlq = topics(settings, unique)
+    make_topics(settings, src + "-1p", partitions=1)
+    src = src + "-1p"
+    produce_items(settings, src, ["r0", "r1"])
+    missing = f"no-such-output-{unique}"  # auto-create is off: the delivery fails
+
+    async def handle(_d: Delivery, item: WorkItem) -> list[Outgoing]:
+        return [Outgoing.of(missing, item.request_id, item)]
+
+    group = f"g-{unique}"
+    pub = KafkaPublisher(settings, "output-test")
+    loop = ConsumerLoop(
+        settings=settings,
+        group_id=group,
+        topics=[src],
+        publisher=pub,
+        handlers={WorkItem: handle},
+        dlq_topic=dlq,
+        max_in_flight=1,
+        topic_partitions={src: 1, dlq: 3},
+    )
+    with pytest.raises(DeliveryFailed, match=missing):
+        asyncio.run(loop.run())
+    pub.close(5)
+    assert committed(settings, group, src, 1)[0] < 1, "r0 is redelivered after the restart"

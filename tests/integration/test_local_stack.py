@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def vividly(
-    env: dict[str, str], *args: str, timeout: float = 240
+    env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vividly.cli", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -193,14 +193,7 @@ def test_the_readme_path_default_home_up_token_submit_demo_kill_down_up(tmp_path
     cwd.mkdir()
 
     def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "vividly.cli", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return vividly(env, *args, timeout=timeout, cwd=cwd)
 
     info: dict[str, object] = {}
     up = cli("up", "--detach")

@@ -141,11 +141,7 @@ def test_a_rebuild_keeps_every_events_seq_and_numbers_new_ones_above(
             }
             assert after == before, "a client's Last-Event-ID means the same event"
             publish_mix(settings, topic, 1, first=50)
-            live2 = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
-            await live2.open()
-            await live2.assign_all()
-            await fold_until(live2, events_in(1))
-            await live2.close()
+            await fold_all(settings, postgres, schema, topic, events_in(1))
             new = await conn.fetch(
                 f"SELECT seq FROM {schema}.events WHERE NOT (event_id = ANY($1::uuid[]))",
                 list(before),
