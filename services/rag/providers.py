@@ -6,6 +6,7 @@ tests/contract runs the same assertions against both.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from emulators.gemini import embed as hashed_embedding
-from vividly.clients import classify, genai_client
+from vividly.clients import ProviderError, classify, genai_client
 from vividly.config import Settings
 
 CORPUS_FILE = Path(__file__).resolve().parent / "corpus" / "passages.jsonl"
@@ -198,6 +199,20 @@ def _dot(a: list[float], b: list[float]) -> float:
     return math.fsum(x * y for x, y in zip(a, b, strict=False))
 
 
+async def _embed_retrying(
+    embedder: Embedder, texts: list[str], attempts: int = 6, backoff_s: float = 0.2
+) -> list[list[float]]:
+    """A load is not aborted by a transient provider error: retry it with backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await embedder.embed(texts, {})
+        except ProviderError as exc:
+            if not exc.is_retryable or attempt == attempts:
+                raise
+            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 async def load_into_postgres(
     pool: Any,
     embedder: Embedder,
@@ -209,7 +224,7 @@ async def load_into_postgres(
     written = 0
     for start in range(0, len(passages), batch):
         part = passages[start : start + batch]
-        vectors = await embedder.embed([passage_text(p) for p in part], {})
+        vectors = await _embed_retrying(embedder, [passage_text(p) for p in part])
         async with pool.acquire() as conn:
             await conn.executemany(
                 "INSERT INTO vividly.oer_chunks"

@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from services.rag.handlers import Retrieval, TTLCache
-from services.rag.providers import HashEmbedder, MemoryRetriever, grade_in_band, load_corpus
+from services.rag.providers import (
+    HashEmbedder,
+    MemoryRetriever,
+    grade_in_band,
+    load_corpus,
+    load_into_postgres,
+)
+from vividly.clients import ProviderError
 from vividly.events import WorkItem
 from vividly.stage import StageContext
 from vividly.testing import FakePublisher
@@ -89,3 +97,49 @@ def test_grade_bands() -> None:
     assert grade_in_band("K", "K-2")
     assert grade_in_band("8", "6-12")
     assert not grade_in_band("5", "6-12")
+
+
+class _FlakyEmbedder(HashEmbedder):
+    """Answers 503 on its first call, then embeds."""
+
+    async def embed(self, texts: list[str], headers: dict[str, str]) -> list[list[float]]:
+        self.calls += 1
+        if self.calls == 1:
+            raise ProviderError("gemini embed: HTTP 503", retryable=True, status=503)
+        return [[0.0] * self.dim for _ in texts]
+
+
+class _RowsPool:
+    def __init__(self) -> None:
+        self.rows: list[tuple[object, ...]] = []
+
+    def acquire(self) -> _RowsPool:
+        return self
+
+    async def __aenter__(self) -> _RowsPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        self.rows.extend(rows)
+
+
+def test_a_transient_embedding_error_does_not_abort_a_corpus_load() -> None:
+    passages = load_corpus()[:20]
+    pool = _RowsPool()
+    written = asyncio.run(load_into_postgres(pool, _FlakyEmbedder(), passages, batch=16))
+    assert written == 20
+    assert [r[0] for r in pool.rows] == [p["id"] for p in passages]
+
+
+def test_a_permanent_embedding_error_aborts_the_load() -> None:
+    class Refusing(HashEmbedder):
+        async def embed(self, texts: list[str], headers: dict[str, str]) -> list[list[float]]:
+            raise ProviderError("gemini embed: HTTP 400", retryable=False, status=400)
+
+    pool = _RowsPool()
+    with pytest.raises(ProviderError):
+        asyncio.run(load_into_postgres(pool, Refusing(), load_corpus()[:3]))
+    assert pool.rows == []
