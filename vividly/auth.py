@@ -4,8 +4,12 @@ Roles:
 
 - ``admin``: every request.
 - ``teacher``: requests of their organization (claim ``org``).
-- ``student``: their own requests (``sub`` is the student id).
+- ``student``: their own requests: the pair (claim ``org``, ``sub``), where ``sub`` is the
+  student id. Student ``1001`` of one school is not student ``1001`` of another.
 - ``service``: may submit requests and publish; reads nothing.
+
+The optional claim ``email`` (``vividly token --email``) is where a student's emails go:
+the recipient never comes from a student's or teacher's request body.
 
 A request outside the caller's scope is reported as not found, never as forbidden, so
 its existence does not leak.
@@ -13,6 +17,7 @@ its existence does not leak.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +27,13 @@ import jwt
 ROLES = ("admin", "teacher", "student", "service")
 READERS = frozenset({"admin", "teacher", "student"})
 ALGORITHM = "HS256"
+#: A usable recipient: one @, no spaces, a dot in the domain, at most 254 characters.
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+
+def is_email(value: str) -> bool:
+    return len(value) <= 254 and _EMAIL.match(value) is not None
 
 
 class AuthError(Exception):
@@ -33,6 +45,7 @@ class Principal:
     sub: str
     role: str
     org: str | None = None
+    email: str | None = None
 
     @property
     def can_read(self) -> bool:
@@ -45,7 +58,11 @@ class Principal:
         if self.role == "teacher":
             return organization_id is not None and organization_id == self.org
         if self.role == "student":
-            return student_id is not None and student_id == self.sub
+            return (
+                student_id is not None
+                and student_id == self.sub
+                and (organization_id or "") == (self.org or "")
+            )
         return False
 
     def scope_sql(self, params: list[Any], alias: str = "") -> str:
@@ -57,8 +74,11 @@ class Principal:
             params.append(self.org)
             return f"{p}organization_id = ${len(params)}"
         if self.role == "student":
-            params.append(self.sub)
-            return f"{p}student_id = ${len(params)}"
+            params.extend([self.sub, self.org or ""])
+            return (
+                f"{p}student_id = ${len(params) - 1}"
+                f" AND coalesce({p}organization_id, '') = ${len(params)}"
+            )
         return "FALSE"
 
     def for_one_request(self) -> Principal:
@@ -77,6 +97,7 @@ def mint(
     role: str,
     sub: str,
     org: str | None = None,
+    email: str | None = None,
     ttl_s: int = 3600,
     issuer: str = "vividly",
     now: float | None = None,
@@ -87,6 +108,8 @@ def mint(
         raise ValueError("a teacher token needs an organization (--org)")
     if not sub:
         raise ValueError("a token needs a subject (--sub)")
+    if email is not None and not is_email(email):
+        raise ValueError(f"--email must be an email address (got {email!r})")
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
         "sub": sub,
@@ -97,6 +120,8 @@ def mint(
     }
     if org:
         claims["org"] = org
+    if email:
+        claims["email"] = email
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -117,6 +142,14 @@ def verify(secret: str, token: str, issuer: str = "vividly") -> Principal:
     if role not in ROLES:
         raise AuthError(f"invalid token: unknown role {role!r}")
     org = claims.get("org")
+    if org is not None and (not isinstance(org, str) or not org):
+        raise AuthError("invalid token: org must be a non-empty string")
     if role == "teacher" and not org:
         raise AuthError("invalid token: a teacher token carries an organization")
-    return Principal(sub=str(claims["sub"]), role=role, org=org)
+    email = claims.get("email")
+    if email is not None and (not isinstance(email, str) or not is_email(email)):
+        raise AuthError("invalid token: email must be an email address")
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("invalid token: sub must be a non-empty string")
+    return Principal(sub=sub, role=role, org=org, email=email)

@@ -512,6 +512,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
             role=args.role,
             sub=sub,
             org=args.org,
+            email=args.email,
             ttl_s=args.ttl or settings.token_ttl_s,
             issuer=settings.jwt_issuer,
         )
@@ -715,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=("admin", "teacher", "student", "service"))
     token.add_argument("--org", help="organization (required for teachers)")
     token.add_argument("--sub", help="subject: user id (the student id for students)")
+    token.add_argument(
+        "--email", help="where this student's emails go (the API never takes it from a body)"
+    )
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default 8 h)")
     token.set_defaults(func=cmd_token)
 

@@ -203,6 +203,21 @@ class Settings(BaseSettings):
     jwt_issuer: str = "vividly"
     token_ttl_s: int = Field(default=8 * 3600, ge=60, description="Lifetime of minted tokens.")
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="SSE keep-alive interval.")
+    sse_max_clients: int = Field(
+        default=256, ge=1, description="Stream clients per API process; beyond it, 429."
+    )
+    sse_max_client_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes queued for one stream client; beyond it the client is cut off "
+        "(told to resync with its last id).",
+    )
+    sse_send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A stream client that takes longer to accept one write is closed; it "
+        "resumes with the id of the last whole frame it read.",
+    )
     api_db_pool_size: int = Field(default=10, ge=1)
     max_manual_retries: int = Field(
         default=3, ge=0, description="Retries a person may ask for per request."

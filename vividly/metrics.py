@@ -113,6 +113,14 @@ api_latency = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+sse_clients = Gauge("vividly_sse_clients", "Stream clients connected to this API process.")
+sse_closed = Counter(
+    "vividly_sse_closed_total",
+    "Stream clients the API closed: too_slow (queue over its cap), stuck (a write did not "
+    "complete in time), refused (the process already had its maximum of clients).",
+    ["reason"],
+)
+
 _installed = False
 
 

@@ -146,6 +146,16 @@ class MetricDelta:
     duration_max_ms: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
 
+    def add(self, other: MetricDelta) -> None:
+        self.started += other.started
+        self.completed += other.completed
+        self.failed += other.failed
+        self.retried += other.retried
+        self.duration_sum_ms += other.duration_sum_ms
+        if other.duration_max_ms > self.duration_max_ms:
+            self.duration_max_ms = other.duration_max_ms
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
     def observe(self, duration_ms: float) -> None:
         self.completed += 1
         self.duration_sum_ms += duration_ms
@@ -195,11 +205,13 @@ class Batch:
     events: list[EventRow] = field(default_factory=list)
     requests: dict[str, RequestDelta] = field(default_factory=dict)
     stages: dict[tuple[str, str, int], StageDelta] = field(default_factory=dict)
-    # Metric buckets are keyed by their start in epoch seconds (see bucket_time()).
-    stage_minutes: dict[tuple[int, str], MetricDelta] = field(default_factory=dict)
-    stage_hours: dict[tuple[int, str], MetricDelta] = field(default_factory=dict)
-    request_minutes: dict[int, list[int]] = field(default_factory=dict)  # created/done/failed
-    request_hours: dict[int, list[int]] = field(default_factory=dict)
+    # Metric buckets are keyed by their start in epoch seconds (see bucket_time()) and the
+    # request's organization ('' for none); the store adds them up for the global tables.
+    stage_minutes: dict[tuple[int, str, str], MetricDelta] = field(default_factory=dict)
+    stage_hours: dict[tuple[int, str, str], MetricDelta] = field(default_factory=dict)
+    # (bucket, organization) -> [created, completed, failed]
+    request_minutes: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+    request_hours: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     status_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (org, status)
     breakers: dict[str, BreakerRow] = field(default_factory=dict)
     skipped: int = 0
@@ -263,9 +275,10 @@ class Batch:
             row.status = status
         return row
 
-    def metric(self, at: datetime, stage: str) -> tuple[MetricDelta, MetricDelta]:
+    def metric(self, rid: str, stage: str) -> tuple[MetricDelta, MetricDelta]:
         sec = self.now_s  # the current event's time, whole seconds (cheaper than datetimes)
-        mk, hk = (sec - sec % 60, stage), (sec - sec % 3600, stage)
+        org = self.org_of(rid) or ""
+        mk, hk = (sec - sec % 60, org, stage), (sec - sec % 3600, org, stage)
         m = self.stage_minutes.get(mk)
         if m is None:
             m = self.stage_minutes[mk] = MetricDelta()
@@ -274,11 +287,12 @@ class Batch:
             h = self.stage_hours[hk] = MetricDelta()
         return m, h
 
-    def count_request(self, at: datetime, column: int) -> None:
+    def count_request(self, rid: str, column: int) -> None:
         sec = self.now_s
+        org = self.org_of(rid) or ""
         for table, bucket in (
-            (self.request_minutes, sec - sec % 60),
-            (self.request_hours, sec - sec % 3600),
+            (self.request_minutes, (sec - sec % 60, org)),
+            (self.request_hours, (sec - sec % 3600, org)),
         ):
             row = table.get(bucket)
             if row is None:
@@ -308,7 +322,7 @@ def _request_created(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline
     d.first_seen = at
     if b.status_of(env.request_id) is None:
         b.move(d, "queued", at)
-        b.count_request(at, 0)
+        b.count_request(env.request_id, 0)
     data = orjson.dumps(
         {
             "topic": r.topic,
@@ -336,7 +350,7 @@ def _stage_started(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
     row = b.stage(env.request_id, ev.stage, ev.attempt, "running")
     if row.started_at is None:
         row.started_at = at
-    m, h = b.metric(at, ev.stage)
+    m, h = b.metric(env.request_id, ev.stage)
     m.started += 1
     h.started += 1
     return ev.stage, ev.attempt, "info", f"{ev.stage} started (attempt {ev.attempt})", "{}"
@@ -352,7 +366,7 @@ def _stage_completed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline
     row.ended_at = at
     row.duration_ms = ev.duration_ms
     row.output = output
-    m, h = b.metric(at, ev.stage)
+    m, h = b.metric(env.request_id, ev.stage)
     m.observe(ev.duration_ms)
     h.observe(ev.duration_ms)
     # The output itself is on the stage row and the request; the timeline stays lean.
@@ -376,7 +390,7 @@ def _stage_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
         # Deterministic: a map field's order otherwise varies between processes, and a
         # rebuild must store the same bytes as the live fold did.
         row.input_item = ev.input.SerializeToString(deterministic=True)
-    m, h = b.metric(at, ev.stage)
+    m, h = b.metric(env.request_id, ev.stage)
     m.failed += 1
     h.failed += 1
     data = (
@@ -396,7 +410,7 @@ def _stage_retry_scheduled(b: Batch, env: Envelope, ev: Any, at: datetime) -> Ti
         d.waiting = ("retry_scheduled", ev.reason, due)
     row = b.stage(env.request_id, ev.stage, ev.attempt, "scheduled")
     row.due_at = due
-    m, h = b.metric(at, ev.stage)
+    m, h = b.metric(env.request_id, ev.stage)
     m.retried += 1
     h.retried += 1
     data = orjson.dumps({"due_at": due.isoformat(), "reason": ev.reason}).decode()
@@ -428,7 +442,7 @@ def _request_completed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeli
     if b.move(d, "completed", at):
         d.video_url = ev.video_url or None
         d.thumbnail_url = ev.thumbnail_url or None
-        b.count_request(at, 1)
+        b.count_request(env.request_id, 1)
     data = orjson.dumps({"video_url": ev.video_url, "thumbnail_url": ev.thumbnail_url}).decode()
     return None, None, "info", "Request completed", data
 
@@ -439,7 +453,7 @@ def _request_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
     if b.move(d, "failed", at):
         d.current_stage = ev.error_stage or d.current_stage
         d.error = (ev.error_stage, ev.error_message, details)
-        b.count_request(at, 2)
+        b.count_request(env.request_id, 2)
     data = (
         f'{{"error_stage":{orjson.dumps(ev.error_stage).decode()},'
         f'"error_message":{orjson.dumps(ev.error_message).decode()},"error_details":{details}}}'
@@ -577,6 +591,27 @@ def fold_batch(envelopes: Iterable[Envelope], known: dict[str, Known]) -> Batch:
         if delta.status is None and rid not in known:
             batch.move(delta, "running", delta.first_seen)
     return batch
+
+
+def by_stage(deltas: dict[tuple[int, str, str], MetricDelta]) -> dict[tuple[int, str], MetricDelta]:
+    """Per-organization stage deltas added up per (bucket, stage): the global rows."""
+    out: dict[tuple[int, str], MetricDelta] = {}
+    for (bucket, _org, stage), m in deltas.items():
+        acc = out.get((bucket, stage))
+        if acc is None:
+            acc = out[(bucket, stage)] = MetricDelta()
+        acc.add(m)
+    return out
+
+
+def by_bucket(counts: dict[tuple[int, str], list[int]]) -> dict[int, list[int]]:
+    """Per-organization request counts added up per bucket: the global rows."""
+    out: dict[int, list[int]] = {}
+    for (bucket, _org), v in counts.items():
+        acc = out.setdefault(bucket, [0, 0, 0])
+        for i, n in enumerate(v):
+            acc[i] += n
+    return out
 
 
 def percentiles(

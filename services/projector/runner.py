@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 from services.projector.logid import LogIdentity, LogMismatch, check, read_log
 from services.projector.store import (
     LIVE_SCHEMA,
+    READ_MODEL_VERSION,
     FoldResult,
     ReadModelStore,
     Record,
@@ -43,6 +44,7 @@ log = logging.getLogger("vividly.projector")
 
 #: Taken shared by every fold transaction, exclusively by a rebuild's swap.
 SWAP_LOCK = 0x76726D31  # "vrm1"
+UPGRADE_LOCK = 0x76726D32  # "vrm2": one projection upgrade (rebuild) at a time
 
 
 @dataclass
@@ -318,6 +320,7 @@ class Projector:
     async def _verify_or_rebuild(self) -> None:
         try:
             await self.verify_log()
+            await self._upgrade_if_outdated()
             return
         except LogMismatch as exc:
             metrics.projector_log_mismatch.labels(self.store.schema).inc()
@@ -333,6 +336,27 @@ class Projector:
         )
         log.warning("read model rebuilt from the log it now reads", extra=info)
         await self.verify_log()
+
+    async def _upgrade_if_outdated(self) -> None:
+        """A read model folded by an older projection (see READ_MODEL_VERSION) is rebuilt
+        from the log, once, whichever projector process gets there first."""
+        if not await self.store.outdated(self._conn):
+            return
+        lock = await asyncpg.connect(self.database_url)
+        try:
+            await lock.execute("SELECT pg_advisory_lock($1)", UPGRADE_LOCK)
+            if not await self.store.outdated(self._conn):
+                return  # another projector rebuilt it meanwhile
+            log.warning(
+                "the read model was folded by an older projection; rebuilding it from the log",
+                extra={"schema": self.store.schema, "version": READ_MODEL_VERSION},
+            )
+            info = await rebuild(
+                self.settings, self.database_url, live=self.store.schema, topic=self.topic
+            )
+            log.warning("read model rebuilt for the current projection", extra=info)
+        finally:
+            await lock.close()  # releases the session lock
 
     async def _recover(self) -> None:
         """After a failed batch: a new connection, and every assigned partition sent back

@@ -26,6 +26,8 @@ from services.projector.fold import (
     Batch,
     Known,
     bucket_time,
+    by_bucket,
+    by_stage,
     fold_batch,
     poison_reason,
 )
@@ -87,6 +89,12 @@ STAGE_COLUMNS = (
     "due_at",
     "input_item",
 )
+
+
+#: The projection's version: raise it when the fold writes something a read model folded
+#: by older code does not have (2: per-organization aggregates). A live read model with
+#: an older version is rebuilt from the log when the projector starts.
+READ_MODEL_VERSION = 2
 
 
 def quote_ident(name: str) -> str:
@@ -259,6 +267,40 @@ class ReadModelStore:
                 completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed"""
         self._sql_request_minutes = request_upsert.format(table=f"{s}.request_metrics_minute")
         self._sql_request_hours = request_upsert.format(table=f"{s}.request_metrics_hour")
+        # The same deltas per organization, one statement per batch (unnest). Histograms
+        # travel as array literals: unnest would flatten a two-dimensional array.
+        org_metric_upsert = """
+            INSERT INTO {table} AS m (organization_id, bucket, stage, started, completed,
+                failed, retried, duration_sum_ms, duration_max_ms, duration_buckets)
+            SELECT o, b, st, s, c, f, r, ds, dm, h::bigint[]
+            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[], $5::bigint[],
+                $6::bigint[], $7::bigint[], $8::float8[], $9::float8[], $10::text[])
+              AS u(o, b, st, s, c, f, r, ds, dm, h)
+            ON CONFLICT (organization_id, bucket, stage) DO UPDATE SET
+                started = m.started + EXCLUDED.started,
+                completed = m.completed + EXCLUDED.completed,
+                failed = m.failed + EXCLUDED.failed,
+                retried = m.retried + EXCLUDED.retried,
+                duration_sum_ms = m.duration_sum_ms + EXCLUDED.duration_sum_ms,
+                duration_max_ms = GREATEST(m.duration_max_ms, EXCLUDED.duration_max_ms),
+                duration_buckets = (SELECT array_agg(a + b ORDER BY i)
+                    FROM unnest(m.duration_buckets, EXCLUDED.duration_buckets)
+                    WITH ORDINALITY AS x(a, b, i))"""
+        self._sql_org_minutes = org_metric_upsert.format(table=f"{s}.org_stage_metrics_minute")
+        self._sql_org_hours = org_metric_upsert.format(table=f"{s}.org_stage_metrics_hour")
+        org_request_upsert = """
+            INSERT INTO {table} AS m (organization_id, bucket, created, completed, failed)
+            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[],
+                $5::bigint[])
+            ON CONFLICT (organization_id, bucket) DO UPDATE SET
+                created = m.created + EXCLUDED.created,
+                completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed"""
+        self._sql_org_request_minutes = org_request_upsert.format(
+            table=f"{s}.org_request_metrics_minute"
+        )
+        self._sql_org_request_hours = org_request_upsert.format(
+            table=f"{s}.org_request_metrics_hour"
+        )
         self._sql_counts = f"""
             INSERT INTO {s}.status_counts AS c (organization_id, status, n) VALUES ($1, $2, $3)
             ON CONFLICT (organization_id, status) DO UPDATE SET n = c.n + EXCLUDED.n"""
@@ -292,6 +334,26 @@ class ReadModelStore:
         ``vividly db migrate``)."""
         await conn.execute("SELECT vividly.create_read_model($1)", self.schema)
         await conn.execute("SELECT vividly.create_read_model_safety($1)", self.schema)
+        await conn.execute("SELECT vividly.create_read_model_scopes($1)", self.schema)
+        # A schema nothing has been folded into holds this code's projection from the
+        # start; one folded by an older projector stays unstamped (see outdated()).
+        await conn.execute(
+            f"INSERT INTO {self.s}.read_model_meta (version)"
+            f" SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM {self.s}.projector_offsets)"
+            " ON CONFLICT (id) DO NOTHING",
+            READ_MODEL_VERSION,
+        )
+
+    async def version(self, conn: Any) -> int | None:
+        """The projection this schema holds; None when an older projector folded it."""
+        value = await conn.fetchval(f"SELECT version FROM {self.s}.read_model_meta")
+        return int(value) if value is not None else None
+
+    async def outdated(self, conn: Any) -> bool:
+        """Whether this schema was folded by an older projection (a rebuild from the log
+        brings it up to date: a projection is a function of the log)."""
+        v = await self.version(conn)
+        return v is None or v < READ_MODEL_VERSION
 
     async def identity(self, conn: Any, topic: str) -> LogIdentity | None:
         row = await conn.fetchrow(
@@ -485,34 +547,60 @@ class ReadModelStore:
                 )
             if merge:
                 await conn.execute(self._sql_stages, *_columns(merge))
-        for sql, deltas in (
-            (self._sql_minutes, b.stage_minutes),
-            (self._sql_hours, b.stage_hours),
+        for sql, org_sql, deltas in (
+            (self._sql_minutes, self._sql_org_minutes, b.stage_minutes),
+            (self._sql_hours, self._sql_org_hours, b.stage_hours),
         ):
-            if deltas:
-                await conn.executemany(
-                    sql,
-                    [
-                        (
-                            bucket_time(bucket),
-                            stage,
-                            m.started,
-                            m.completed,
-                            m.failed,
-                            m.retried,
-                            m.duration_sum_ms,
-                            m.duration_max_ms,
-                            m.buckets,
-                        )
-                        for (bucket, stage), m in deltas.items()
-                    ],
-                )
-        for sql, counts_by in (
-            (self._sql_request_minutes, b.request_minutes),
-            (self._sql_request_hours, b.request_hours),
+            if not deltas:
+                continue
+            await conn.executemany(
+                sql,
+                [
+                    (
+                        bucket_time(bucket),
+                        stage,
+                        m.started,
+                        m.completed,
+                        m.failed,
+                        m.retried,
+                        m.duration_sum_ms,
+                        m.duration_max_ms,
+                        m.buckets,
+                    )
+                    for (bucket, stage), m in by_stage(deltas).items()
+                ],
+            )
+            await conn.execute(
+                org_sql,
+                *_columns(
+                    (
+                        org,
+                        bucket_time(bucket),
+                        stage,
+                        m.started,
+                        m.completed,
+                        m.failed,
+                        m.retried,
+                        m.duration_sum_ms,
+                        m.duration_max_ms,
+                        _int_array(m.buckets),
+                    )
+                    for (bucket, org, stage), m in deltas.items()
+                ),
+            )
+        for sql, org_sql, counts_by in (
+            (self._sql_request_minutes, self._sql_org_request_minutes, b.request_minutes),
+            (self._sql_request_hours, self._sql_org_request_hours, b.request_hours),
         ):
-            if counts_by:
-                await conn.executemany(sql, [(bucket_time(at), *v) for at, v in counts_by.items()])
+            if not counts_by:
+                continue
+            await conn.executemany(
+                sql, [(bucket_time(at), *v) for at, v in by_bucket(counts_by).items()]
+            )
+            await conn.execute(
+                org_sql,
+                *_columns((org, bucket_time(at), *v) for (at, org), v in counts_by.items()),
+            )
         counts = [(org, st, n) for (org, st), n in b.status_counts.items() if n]
         if counts:
             await conn.executemany(self._sql_counts, counts)
@@ -544,6 +632,10 @@ class ReadModelStore:
                 columns=EVENT_COLUMNS,
                 records=b.events,
             )
+
+
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _columns(rows: Any) -> list[list[Any]]:

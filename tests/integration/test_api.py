@@ -79,7 +79,7 @@ def test_scopes_hide_other_organizations_and_students(side: ReadSide, unique: st
         dash = teacher.get("/api/v1/monitoring/dashboard").json()
         assert dash["counts"]["completed"] == 1
         assert dash["counts"]["failed"] == 0
-    with side.client("student", f"s1-{unique}") as student:
+    with side.client("student", f"s1-{unique}", org_a) as student:
         assert student.get(f"/api/v1/monitoring/requests/{ra}").status_code == 200
         assert student.get(f"/api/v1/monitoring/requests/{rb}").status_code == 404
         mine = student.get("/api/v1/monitoring/requests").json()
@@ -237,7 +237,7 @@ def test_submit_validates_names_the_field_and_honours_idempotency(
     d = wait_for(lambda: visible(side, rid), what="submitted request")
     assert d["topic"] == "The water cycle"
     assert d["status"] in ("queued", "running")
-    with side.client("student", f"stu-{unique}") as student:
+    with side.client("student", f"stu-{unique}", f"org-{unique}") as student:
         assert (
             student.post(
                 "/api/v1/requests", json={**body, "student_id": "someone-else"}

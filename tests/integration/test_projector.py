@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from services.projector.runner import Projector, rebuild, replay
-from services.projector.store import NOTIFY_CHANNEL
+from services.projector.store import NOTIFY_CHANNEL, READ_MODEL_VERSION, ReadModelStore
 from tests.conftest import Broker
 from tests.integration.kafka_util import make_topics
 from tests.integration.test_tracker_events import FULL_RUN, run_one_request
@@ -33,6 +33,10 @@ TABLES = {
     "request_metrics_minute": "bucket",
     "request_metrics_hour": "bucket",
     "status_counts": "organization_id, status",
+    "org_stage_metrics_minute": "organization_id, bucket, stage",
+    "org_stage_metrics_hour": "organization_id, bucket, stage",
+    "org_request_metrics_minute": "organization_id, bucket",
+    "org_request_metrics_hour": "organization_id, bucket",
     "breakers": "name",
 }
 
@@ -422,5 +426,124 @@ def test_a_lost_database_connection_resumes_from_the_stored_offsets(
             proj.stop()
             await task
             await admin.close()
+
+    asyncio.run(go())
+
+
+async def per_org_sums(conn: Any, schema: str) -> dict[str, tuple[list[Any], list[Any]]]:
+    """Each global metric table beside its per-organization rows added up."""
+    stage_cols = "started, completed, failed, retried, duration_max_ms, duration_buckets"
+    out = {}
+    for grain in ("minute", "hour"):
+        glob = await conn.fetch(
+            f"SELECT bucket, stage, {stage_cols}, round(duration_sum_ms::numeric, 3) AS s"
+            f" FROM {schema}.stage_metrics_{grain} ORDER BY bucket, stage"
+        )
+        summed = await conn.fetch(
+            f"SELECT bucket, stage, sum(started)::bigint AS started,"
+            f" sum(completed)::bigint AS completed, sum(failed)::bigint AS failed,"
+            f" sum(retried)::bigint AS retried, max(duration_max_ms) AS duration_max_ms,"
+            f" (SELECT array_agg(x ORDER BY i) FROM (SELECT i, sum(v)::bigint AS x FROM"
+            f"   {schema}.org_stage_metrics_{grain} o2, unnest(o2.duration_buckets)"
+            f"   WITH ORDINALITY AS u(v, i) WHERE o2.bucket = o.bucket AND o2.stage = o.stage"
+            f"   GROUP BY i) h) AS duration_buckets,"
+            f" round(sum(duration_sum_ms)::numeric, 3) AS s"
+            f" FROM {schema}.org_stage_metrics_{grain} o GROUP BY bucket, stage"
+            f" ORDER BY bucket, stage"
+        )
+        out[f"stage_{grain}"] = ([dict(r) for r in glob], [dict(r) for r in summed])
+        glob = await conn.fetch(
+            f"SELECT bucket, created, completed, failed FROM {schema}.request_metrics_{grain}"
+            " ORDER BY bucket"
+        )
+        summed = await conn.fetch(
+            f"SELECT bucket, sum(created)::bigint AS created, sum(completed)::bigint AS"
+            f" completed, sum(failed)::bigint AS failed FROM {schema}.org_request_metrics_{grain}"
+            " GROUP BY bucket ORDER BY bucket"
+        )
+        out[f"request_{grain}"] = ([dict(r) for r in glob], [dict(r) for r in summed])
+    return out
+
+
+def test_per_organization_aggregates_add_up_to_the_global_ones(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 6)  # org-1's runs and org-2's failed validation
+
+    async def go() -> None:
+        proj = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+        await proj.open()
+        try:
+            await proj.assign_all()
+            await fold_until(proj, events_in(6))
+        finally:
+            await proj.close()
+        conn = await asyncpg.connect(postgres)
+        try:
+            for name, (glob, summed) in (await per_org_sums(conn, schema)).items():
+                assert glob, name
+                assert glob == summed, name
+            orgs = await conn.fetch(
+                f"SELECT organization_id, sum(created)::int AS c, sum(failed)::int AS f"
+                f" FROM {schema}.org_request_metrics_hour GROUP BY 1 ORDER BY 1"
+            )
+            # every org-1 run fails once and is retried to completion (FULL_RUN)
+            assert [tuple(r) for r in orgs] == [("org-1", 6, 6), ("org-2", 1, 1)]
+            val = await conn.fetch(
+                f"SELECT organization_id, sum(failed)::int AS f FROM"
+                f" {schema}.org_stage_metrics_minute WHERE stage = 'validation' GROUP BY 1"
+                " ORDER BY 1"
+            )
+            assert [tuple(r) for r in val] == [("org-1", 0), ("org-2", 1)]
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_a_read_model_of_an_older_projection_is_rebuilt_when_the_projector_starts(
+    setup: tuple[Settings, str, str], postgres: str
+) -> None:
+    """What a deployment upgraded to per-organization aggregates sees: the tables of 0006
+    exist but are empty, and nothing stamped the projection; the projector rebuilds
+    from the log before folding on, and the result equals a fresh fold."""
+    settings, topic, schema = setup
+    publish_mix(settings, topic, 4)
+
+    async def go() -> None:
+        old = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+        await old.open()
+        try:
+            await old.assign_all()
+            await fold_until(old, events_in(4))
+        finally:
+            await old.close()
+        conn = await asyncpg.connect(postgres)
+        try:
+            folded = await snapshot(conn, schema)
+            assert await conn.fetchval(f"SELECT version FROM {schema}.read_model_meta") == (
+                READ_MODEL_VERSION
+            )
+            # The older projector's read model: no per-organization rows, no stamp.
+            await conn.execute(f"DELETE FROM {schema}.read_model_meta")
+            for grain in ("minute", "hour"):
+                await conn.execute(f"TRUNCATE {schema}.org_stage_metrics_{grain}")
+                await conn.execute(f"TRUNCATE {schema}.org_request_metrics_{grain}")
+            assert await ReadModelStore(schema).outdated(conn)
+            live = Projector(settings, postgres, schema=schema, group_id=None, topic=topic)
+            task = asyncio.create_task(live.run())
+            deadline = time.monotonic() + 60
+            while await conn.fetchval(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema
+            ) == 0 or await ReadModelStore(schema).outdated(conn):
+                assert time.monotonic() < deadline, "the projection was not upgraded"
+                assert not task.done(), task
+                await asyncio.sleep(0.1)
+            live.stop()
+            await task
+            assert await snapshot(conn, schema) == folded
+        finally:
+            await conn.close()
 
     asyncio.run(go())

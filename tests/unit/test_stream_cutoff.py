@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.projector.api.stream import Frame, Hub, StreamFilter
+import pytest
+
+from services.projector.api.stream import Frame, Hub, StreamFilter, TooManyClients
 from vividly.auth import Principal
 
 
@@ -17,9 +19,9 @@ def test_a_client_whose_queue_overflows_gets_a_resync_frame_and_the_stream_ends(
     async def go() -> list[str]:
         hub = Hub("postgresql://unused", pool=None)
         hub.last_seq = 0
-        stream = hub.stream(StreamFilter(Principal("a", "admin")), None, lambda: False)
+        sub = hub.subscribe(StreamFilter(Principal("a", "admin")))
+        stream = hub.stream(sub, None, lambda: False)
         out = [await stream.__anext__()]  # the "connected" comment: subscribed now
-        [sub] = hub.subscribers
         n = sub.queue.maxsize + 5
         hub._fan_out([frame(i) for i in range(1, n + 1)])  # more than its queue holds
         assert sub.dropped
@@ -33,3 +35,54 @@ def test_a_client_whose_queue_overflows_gets_a_resync_frame_and_the_stream_ends(
     assert text.count("id: ") == 10_000, "what was queued is delivered"
     assert text.rstrip().endswith('"last_event_id":10000}'), text[-200:]
     assert "event: resync" in text
+
+
+def big(seq: int, size: int) -> Frame:
+    return Frame(seq, "r1", "o1", "s1", f"id: {seq}\nevent: x\ndata: {'x' * size}\n\n")
+
+
+def test_a_client_over_its_byte_cap_is_cut_off_with_its_last_id() -> None:
+    async def go() -> tuple[list[str], Hub]:
+        hub = Hub("postgresql://unused", pool=None, max_client_bytes=64 * 1024)
+        sub = hub.subscribe(StreamFilter(Principal("a", "admin")))
+        stream = hub.stream(sub, None, lambda: False)
+        out = [await stream.__anext__()]
+        hub._fan_out([big(i, 1000) for i in range(1, 101)])  # ~100 KB for a 64 KiB cap
+        assert sub.dropped
+        assert sub.queue.qsize() < 100
+        async with asyncio.timeout(10):
+            out.extend([chunk async for chunk in stream])
+        return out, hub
+
+    chunks, hub = asyncio.run(go())
+    text = "".join(chunks[1:])
+    delivered = text.count("id: ")
+    assert 50 < delivered < 100  # what fitted under the cap, in order, then the resync
+    assert text.rstrip().endswith(f'"last_event_id":{delivered}}}'), text[-120:]
+    assert hub.cut_off == 1
+
+
+def test_the_process_refuses_clients_beyond_its_cap_and_frees_places() -> None:
+    hub = Hub("postgresql://unused", pool=None, max_clients=2)
+    flt = StreamFilter(Principal("a", "admin"))
+    first, _second = hub.subscribe(flt), hub.subscribe(flt)
+    with pytest.raises(TooManyClients):
+        hub.subscribe(flt)
+    hub.unsubscribe(first)
+    hub.subscribe(flt)  # a place freed is a place again
+    assert len(hub.subscribers) == 2
+
+
+def test_the_first_frame_tells_nothing_of_the_log_beyond_the_callers_scope() -> None:
+    async def go() -> str:
+        hub = Hub("postgresql://unused", pool=None)
+        hub.last_seq = 987_654  # every school's events so far
+        sub = hub.subscribe(StreamFilter(Principal("t", "teacher", "org-a")))
+        stream = hub.stream(sub, None, lambda: False)
+        first = await stream.__anext__()
+        await stream.aclose()
+        return first
+
+    first = asyncio.run(go())
+    assert "987654" not in first
+    assert first.startswith("retry: ")

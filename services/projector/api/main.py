@@ -75,7 +75,13 @@ def create_app(settings: Settings) -> FastAPI:
             {t: settings.topic_partitions for t in (*STAGE_TOPICS, TRACKING_TOPIC)},
         )
         pool = await asyncpg.create_pool(url, min_size=2, max_size=settings.api_db_pool_size)
-        hub = Hub(url, pool, settings.sse_heartbeat_s)
+        hub = Hub(
+            url,
+            pool,
+            settings.sse_heartbeat_s,
+            max_clients=settings.sse_max_clients,
+            max_client_bytes=settings.sse_max_client_bytes,
+        )
         await hub.start()
         publisher = KafkaPublisher(settings, "api")
         tracker = RequestTracker.from_settings(settings, publisher)

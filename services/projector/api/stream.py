@@ -6,8 +6,13 @@ each row, already formatted as an SSE frame, to every subscriber whose filter ma
 
 A client resumes with ``Last-Event-ID``: it subscribes first, then reads what it missed
 from the table, then drains the live queue skipping what it has already sent, so there is
-no gap and no duplicate. A subscriber that cannot keep up is cut off (its queue is bounded)
-and reconnects with its last id, losing nothing.
+no gap and no duplicate.
+
+Under pressure: a process takes at most ``sse_max_clients`` clients (429 beyond it); a
+subscriber whose queue holds more than ``sse_max_client_bytes`` is cut off (a ``resync``
+frame with its last id, then the end); a client that does not take one write within
+``sse_send_timeout_s`` is closed. Either way it reconnects with the id of the last whole
+frame it read, losing nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from services.projector.store import LIVE_SCHEMA, NOTIFY_CHANNEL, quote_ident
+from vividly import metrics
 from vividly.auth import Principal
 
 log = logging.getLogger("vividly.api.stream")
@@ -115,12 +123,27 @@ class Subscriber:
     filter: StreamFilter
     queue: asyncio.Queue[Frame | None] = field(default_factory=lambda: asyncio.Queue(10_000))
     dropped: bool = False
+    pending_bytes: int = 0  # frame text queued and not yet handed to the response
+
+
+class TooManyClients(Exception):
+    """This process serves its maximum of stream clients: answer 429."""
 
 
 class Hub:
-    def __init__(self, database_url: str, pool: Any, heartbeat_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        pool: Any,
+        heartbeat_s: float = 15.0,
+        *,
+        max_clients: int = 256,
+        max_client_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self.database_url = database_url
         self.heartbeat_s = heartbeat_s
+        self.max_clients = max_clients
+        self.max_client_bytes = max_client_bytes
         self._ticker: asyncio.Task[None] | None = None
         self.pool = pool
         self.subscribers: set[Subscriber] = set()
@@ -223,14 +246,20 @@ class Hub:
                 self._wake.set()
 
     def _fan_out(self, frames: list[Frame]) -> None:
+        cap = self.max_client_bytes
         for sub in list(self.subscribers):
             for f in frames:
                 if sub.filter.matches(f):
+                    size = len(f.text)
+                    if sub.pending_bytes + size > cap:
+                        self._drop(sub)
+                        break
                     try:
                         sub.queue.put_nowait(f)
                     except asyncio.QueueFull:
                         self._drop(sub)
                         break
+                    sub.pending_bytes += size
 
     def _drop(self, sub: Subscriber) -> None:
         """Cut off a subscriber that cannot keep up. Its queue is full, so the end marker
@@ -238,21 +267,36 @@ class Hub:
         client (a ``resync`` frame with the last id it was sent) and closes."""
         sub.dropped = True
         self.cut_off += 1
-        self.subscribers.discard(sub)
+        metrics.sse_closed.labels("too_slow").inc()
+        self.unsubscribe(sub)
         with contextlib.suppress(asyncio.QueueFull):
             sub.queue.put_nowait(None)
 
+    def subscribe(self, flt: StreamFilter) -> Subscriber:
+        """A new client's place, from now; TooManyClients when the process is full."""
+        if len(self.subscribers) >= self.max_clients:
+            metrics.sse_closed.labels("refused").inc()
+            raise TooManyClients(f"this API process serves {self.max_clients} stream clients")
+        sub = Subscriber(flt)
+        self.subscribers.add(sub)
+        metrics.sse_clients.set(len(self.subscribers))
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        metrics.sse_clients.set(len(self.subscribers))
+
     async def stream(
         self,
-        flt: StreamFilter,
+        sub: Subscriber,
         last_event_id: int | None,
         disconnected: Any,
     ) -> AsyncIterator[str]:
-        """SSE frames for one client, from after ``last_event_id`` (else from now)."""
-        sub = Subscriber(flt)
-        self.subscribers.add(sub)
+        """SSE frames for one subscribed client, from after ``last_event_id`` (else from
+        now). The first frame says nothing of the log beyond the caller's scope."""
+        flt = sub.filter
         try:
-            yield f"retry: 2000\n: connected, live from seq {self.last_seq}\n\n"
+            yield "retry: 2000\n: connected\n\n"
             sent = self.last_seq if last_event_id is None else last_event_id
             if last_event_id is not None:
                 async for old in self._backfill(flt, last_event_id):
@@ -280,14 +324,16 @@ class Hub:
                         if not chunk and await disconnected():
                             return
                         chunk.append(": heartbeat\n\n")
-                    elif frame.seq > sent:
-                        sent = frame.seq
-                        chunk.append(frame.text)
+                    else:
+                        sub.pending_bytes -= len(frame.text)
+                        if frame.seq > sent:
+                            sent = frame.seq
+                            chunk.append(frame.text)
                 if chunk:
                     self.frames_sent += len(chunk)
                     yield "".join(chunk)
         finally:
-            self.subscribers.discard(sub)
+            self.unsubscribe(sub)
 
     async def _backfill(self, flt: StreamFilter, after: int) -> AsyncIterator[Frame]:
         while True:
@@ -304,3 +350,40 @@ class Hub:
             if len(rows) < 1000:
                 return
             after = rows[-1]["seq"]
+
+
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse whose every write must complete within ``send_timeout_s``: a
+    client that stops reading is closed (its subscriber freed) instead of holding a slot
+    and a growing queue. The client resumes with the id of the last whole frame it read;
+    a frame cut short is never dispatched by an SSE parser."""
+
+    def __init__(self, content: AsyncIterator[str], send_timeout_s: float, **kw: Any) -> None:
+        super().__init__(content, media_type="text/event-stream", **kw)
+        self.send_timeout_s = send_timeout_s
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        iterator = self.body_iterator
+        async for chunk in iterator:
+            body = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
+            try:
+                await asyncio.wait_for(
+                    send({"type": "http.response.body", "body": body, "more_body": True}),
+                    self.send_timeout_s,
+                )
+            except TimeoutError:
+                metrics.sse_closed.labels("stuck").inc()
+                log.warning(
+                    "closing a stream client that stopped reading",
+                    extra={"timeout_s": self.send_timeout_s},
+                )
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # frees its subscriber now
+                # Returning without the final body message makes the server close the
+                # connection.
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from services.projector.fold import ACTIVE, N_BUCKETS, percentiles
+from services.projector.fold import ACTIVE, N_BUCKETS, MetricDelta, percentiles
 from services.projector.store import LIVE_SCHEMA, quote_ident
 from vividly.auth import Principal
 from vividly.config import STAGES
@@ -66,13 +66,132 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadCursor("cursor: not a cursor this API returned") from exc
 
 
+# ---------------------------------------------------------------------- scoped figures
+# Every aggregate is the caller's: an admin reads the global tables, a teacher its
+# organization's rows (kept by the fold), a student figures computed from its own rows.
+_STAGE_FIGURES = (
+    "bucket, stage, started, completed, failed, retried, duration_sum_ms, duration_max_ms,"
+    " duration_buckets"
+)
+_STAGE_EVENTS = ("stage_started", "stage_completed", "stage_failed", "stage_retry_scheduled")
+
+
+def _bucket(at: datetime, step: int) -> datetime:
+    """The start of the minute/hour ``at`` falls in, as the fold buckets it (UTC)."""
+    sec = int(at.timestamp())
+    return datetime.fromtimestamp(sec - sec % step, UTC)
+
+
+async def _stage_figures(conn: Any, who: Principal, grain: str, since: datetime) -> list[Any]:
+    """Stage metric rows (bucket, stage, counts, histogram) of ``grain`` ("minute" or
+    "hour") from ``since``, for the caller's scope."""
+    if who.role == "admin":
+        return list(
+            await conn.fetch(
+                f"SELECT {_STAGE_FIGURES} FROM {S}.stage_metrics_{grain} WHERE bucket >= $1",
+                since,
+            )
+        )
+    if who.role == "teacher":
+        return list(
+            await conn.fetch(
+                f"SELECT {_STAGE_FIGURES} FROM {S}.org_stage_metrics_{grain}"
+                " WHERE organization_id = $1 AND bucket >= $2",
+                who.org,
+                since,
+            )
+        )
+    # A student: its own requests' stage events, folded as the projector folds them.
+    params: list[Any] = []
+    scope = who.scope_sql(params)
+    params.extend([since, list(_STAGE_EVENTS)])
+    rows = await conn.fetch(
+        f"SELECT e.event_type, e.stage, e.occurred_at, (e.data->>'duration_ms')::float8 AS ms"
+        f" FROM {S}.events e WHERE e.request_id IN (SELECT request_id FROM {S}.requests"
+        f" WHERE {scope}) AND e.occurred_at >= ${len(params) - 1}"
+        f" AND e.event_type = ANY(${len(params)}::text[])",
+        *params,
+    )
+    step = 60 if grain == "minute" else 3600
+    deltas: dict[tuple[datetime, str], MetricDelta] = {}
+    for r in rows:
+        key = (_bucket(r["occurred_at"], step), r["stage"])
+        m = deltas.get(key)
+        if m is None:
+            m = deltas[key] = MetricDelta()
+        kind = r["event_type"]
+        if kind == "stage_started":
+            m.started += 1
+        elif kind == "stage_completed":
+            m.observe(r["ms"] or 0.0)
+        elif kind == "stage_failed":
+            m.failed += 1
+        else:
+            m.retried += 1
+    return [
+        {
+            "bucket": bucket,
+            "stage": stage,
+            "started": m.started,
+            "completed": m.completed,
+            "failed": m.failed,
+            "retried": m.retried,
+            "duration_sum_ms": m.duration_sum_ms,
+            "duration_max_ms": m.duration_max_ms,
+            "duration_buckets": m.buckets,
+        }
+        for (bucket, stage), m in deltas.items()
+    ]
+
+
+async def _request_figures(conn: Any, who: Principal, grain: str, since: datetime) -> list[Any]:
+    """Requests created/completed/failed per ``grain`` bucket from ``since``, in scope."""
+    if who.role == "admin":
+        return list(
+            await conn.fetch(
+                f"SELECT bucket, created, completed, failed FROM {S}.request_metrics_{grain}"
+                " WHERE bucket >= $1",
+                since,
+            )
+        )
+    if who.role == "teacher":
+        return list(
+            await conn.fetch(
+                f"SELECT bucket, created, completed, failed FROM {S}.org_request_metrics_{grain}"
+                " WHERE organization_id = $1 AND bucket >= $2",
+                who.org,
+                since,
+            )
+        )
+    params: list[Any] = []
+    scope = who.scope_sql(params)
+    params.append(since)
+    rows = await conn.fetch(
+        f"SELECT created_at, completed_at, failed_at FROM {S}.requests"
+        f" WHERE {scope} AND greatest(created_at, completed_at, failed_at) >= ${len(params)}",
+        *params,
+    )
+    step = 60 if grain == "minute" else 3600
+    counts: dict[datetime, list[int]] = {}
+    for r in rows:
+        for i, at in enumerate((r["created_at"], r["completed_at"], r["failed_at"])):
+            if at is not None and at >= since:
+                counts.setdefault(_bucket(at, step), [0, 0, 0])[i] += 1
+    return [
+        {"bucket": at, "created": c, "completed": d, "failed": f}
+        for at, (c, d, f) in counts.items()
+    ]
+
+
 # ---------------------------------------------------------------------- dashboard
 async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
     counts = dict.fromkeys(STATUSES, 0)
     if who.role == "student":
+        params: list[Any] = []
+        scope = who.scope_sql(params)
         rows = await conn.fetch(
-            f"SELECT status, count(*) AS n FROM {S}.requests WHERE student_id = $1 GROUP BY status",
-            who.sub,
+            f"SELECT status, count(*) AS n FROM {S}.requests WHERE {scope} GROUP BY status",
+            *params,
         )
     elif who.role == "teacher":
         rows = await conn.fetch(
@@ -84,12 +203,8 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
         )
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + int(r["n"])
-    since = datetime.now(UTC) - timedelta(hours=1)
-    stage_rows = await conn.fetch(
-        f"SELECT stage, started, completed, failed, retried, duration_buckets, duration_max_ms"
-        f" FROM {S}.stage_metrics_minute WHERE bucket >= $1",
-        since.replace(second=0, microsecond=0),
-    )
+    since = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
+    stage_rows = await _stage_figures(conn, who, "minute", since)
     stages: dict[str, dict[str, Any]] = {}
     merged: dict[str, list[int]] = {}
     top: dict[str, float] = {}
@@ -104,13 +219,10 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
         for i, n in enumerate(r["duration_buckets"]):
             acc[i] += n
     stage_stats = []
-    total_done = total_failed = 0
     for stage in STAGES:
         st = stages.get(stage, {"started": 0, "completed": 0, "failed": 0, "retried": 0})
         p50, p95 = percentiles(merged.get(stage, [0] * N_BUCKETS), (0.5, 0.95), top.get(stage))
         ended = st["completed"] + st["failed"]
-        total_done += st["completed"]
-        total_failed += st["failed"]
         stage_stats.append(
             {
                 "stage": stage,
@@ -120,12 +232,10 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
                 "failure_rate": (st["failed"] / ended) if ended else 0.0,
             }
         )
-    req = await conn.fetchrow(
-        f"SELECT coalesce(sum(completed), 0) AS c, coalesce(sum(failed), 0) AS f"
-        f" FROM {S}.request_metrics_minute WHERE bucket >= $1",
-        since.replace(second=0, microsecond=0),
-    )
-    finished = req["c"] + req["f"]
+    req = await _request_figures(conn, who, "minute", since)
+    completed = sum(int(r["completed"]) for r in req)
+    failed = sum(int(r["failed"]) for r in req)
+    finished = completed + failed
     return {
         "generated_at": datetime.now(UTC).isoformat(),
         "scope": {"role": who.role, "organization_id": who.org},
@@ -133,12 +243,12 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
         "total": sum(counts.values()),
         "active": sum(counts[s] for s in ACTIVE),
         "last_hour": {
-            "completed": int(req["c"]),
-            "failed": int(req["f"]),
-            "failure_rate": (req["f"] / finished) if finished else 0.0,
+            "completed": completed,
+            "failed": failed,
+            "failure_rate": (failed / finished) if finished else 0.0,
             "stages": stage_stats,
         },
-        "breakers": await breakers(conn),
+        "breakers": await breakers(conn, who),
         # Poison events the fold set aside (every tenant's raw bytes): admins only.
         "quarantined": (
             int(await conn.fetchval(f"SELECT count(*) FROM {S}.quarantine"))
@@ -158,8 +268,15 @@ async def quarantine(conn: Any, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def breakers(conn: Any) -> list[dict[str, Any]]:
-    rows = await conn.fetch(f"SELECT * FROM {S}.breakers ORDER BY name")
+async def breakers(conn: Any, who: Principal) -> list[dict[str, Any]]:
+    """Circuit breakers: every reader sees which are open (it explains a waiting request);
+    the call and failure counters are every school's traffic, so admins only."""
+    if who.role == "admin":
+        rows = await conn.fetch(f"SELECT * FROM {S}.breakers ORDER BY name")
+    else:
+        rows = await conn.fetch(
+            f"SELECT name, state, opened_at, changed_at FROM {S}.breakers ORDER BY name"
+        )
     return [_row(r) for r in rows]
 
 
@@ -271,14 +388,12 @@ async def request_events(
 
 
 # ---------------------------------------------------------------------- metrics
-async def hourly_metrics(conn: Any, hours: int) -> dict[str, Any]:
+async def hourly_metrics(conn: Any, who: Principal, hours: int) -> dict[str, Any]:
     now = datetime.now(UTC)
     start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
-    rows = await conn.fetch(
-        f"SELECT bucket, stage, started, completed, failed, retried, duration_sum_ms,"
-        f" duration_max_ms, duration_buckets FROM {S}.stage_metrics_hour"
-        f" WHERE bucket >= $1 ORDER BY bucket, stage",
-        start,
+    rows = sorted(
+        await _stage_figures(conn, who, "hour", start),
+        key=lambda r: (r["bucket"], _STAGE_ORDER.get(r["stage"], 99)),
     )
     buckets: dict[datetime, dict[str, Any]] = {}
     for h in range(hours):
@@ -302,11 +417,7 @@ async def hourly_metrics(conn: Any, hours: int) -> dict[str, Any]:
             "p95_ms": p95,
             "p99_ms": p99,
         }
-    for r in await conn.fetch(
-        f"SELECT bucket, created, completed, failed FROM {S}.request_metrics_hour"
-        f" WHERE bucket >= $1",
-        start,
-    ):
+    for r in await _request_figures(conn, who, "hour", start):
         hour = buckets.get(r["bucket"])
         if hour is not None:
             hour["requests"] = {

@@ -6,10 +6,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from services.projector.api import views
 from services.projector.api.deps import Caller, Conn, Reader, State
-from services.projector.api.stream import StreamFilter
+from services.projector.api.stream import EventStreamResponse, StreamFilter, TooManyClients
 from vividly.config import STAGES
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
@@ -83,7 +84,7 @@ async def request_events(
 async def metrics(
     who: Reader, conn: Conn, hours: Annotated[int, Query(ge=1, le=24 * 31)] = 24
 ) -> dict[str, Any]:
-    return await views.hourly_metrics(conn, hours)
+    return await views.hourly_metrics(conn, who, hours)
 
 
 @router.get(
@@ -101,7 +102,7 @@ async def quarantine(
 
 @router.get("/breakers", summary="Circuit breaker states")
 async def breakers(who: Reader, conn: Conn) -> list[dict[str, Any]]:
-    return await views.breakers(conn)
+    return await views.breakers(conn, who)
 
 
 @router.get(
@@ -128,9 +129,17 @@ async def stream(
                 [{"loc": ["header", "Last-Event-ID"], "msg": "must be an integer", "type": "int"}],
             ) from exc
     flt = StreamFilter(who, request_id=request_id, organization_id=organization_id)
-    frames = state.hub.stream(flt, resume, request.is_disconnected)
-    return StreamingResponse(
+    try:
+        sub = state.hub.subscribe(flt)
+    except TooManyClients as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": "5"}
+        ) from exc
+    frames = state.hub.stream(sub, resume, request.is_disconnected)
+    return EventStreamResponse(
         frames,
-        media_type="text/event-stream",
+        state.settings.sse_send_timeout_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Runs however the response ends, even if the generator never started.
+        background=BackgroundTask(state.hub.unsubscribe, sub),
     )

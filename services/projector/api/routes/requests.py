@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Response, status
@@ -24,13 +23,13 @@ from services.projector.api.commands import (
     retry_failed,
 )
 from services.projector.api.deps import Caller, Conn, State
+from vividly.auth import Principal, is_email
 from vividly.config import STAGES
 from vividly.submit import build_submission
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class NewRequest(BaseModel):
@@ -72,7 +71,7 @@ class NewRequest(BaseModel):
     @field_validator("student_email")
     @classmethod
     def _email(cls, v: str | None) -> str | None:
-        if v is not None and not _EMAIL.match(v):
+        if v is not None and not is_email(v):
             raise ValueError("must be an email address")
         return v
 
@@ -96,20 +95,7 @@ async def submit(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> dict[str, Any]:
-    student_id, org = body.student_id, body.organization_id
-    if who.role == "student":
-        if student_id not in (None, who.sub):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "students submit for themselves")
-        student_id, org = who.sub, org or who.org
-    elif who.role == "teacher":
-        if org not in (None, who.org):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "teachers submit for their organization")
-        org = who.org
-    if not student_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [{"loc": ["body", "student_id"], "msg": "Field required", "type": "missing"}],
-        )
+    student_id, org, email = _author(who, body)
     tracker = state.tracker
     with tracker.capturing() as events:
         rid, cid, item = build_submission(
@@ -122,7 +108,7 @@ async def submit(
             metadata=body.metadata,
             organization_id=org or "",
             idempotency_key=idempotency_key,
-            student_email=body.student_email or "",
+            student_email=email,
         )
     try:
         # The request's events first, then its work item: 202 only for what the broker
@@ -180,6 +166,42 @@ async def retry(
         "requested_by": accepted.requested_by,
         "location": f"/api/v1/monitoring/requests/{request_id}",
     }
+
+
+def _forbidden(field: str, message: str) -> HTTPException:
+    """403 naming the body field the caller may not set to that value."""
+    return HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        [{"loc": ["body", field], "msg": message, "type": "forbidden"}],
+    )
+
+
+def _author(who: Principal, body: NewRequest) -> tuple[str, str, str]:
+    """Who a new request belongs to and where its emails go: (student, organization,
+    recipient). A student writes only as itself in its token's organization, a teacher only
+    into its own; the recipient comes from the token (students) or from a trusted caller
+    (admin, service), never from a student's or teacher's body."""
+    student_id, org, email = body.student_id, body.organization_id, body.student_email
+    if who.role == "student":
+        if student_id not in (None, who.sub):
+            raise _forbidden("student_id", "a student submits only as itself")
+        if org not in (None, who.org or ""):
+            raise _forbidden("organization_id", "a student submits only into its organization")
+        if email is not None:
+            raise _forbidden("student_email", "the recipient comes from the token's email claim")
+        return who.sub, who.org or "", who.email or ""
+    if who.role == "teacher":
+        if org not in (None, who.org):
+            raise _forbidden("organization_id", "a teacher submits only into its organization")
+        if email is not None:
+            raise _forbidden("student_email", "a teacher cannot choose the recipient")
+        org = who.org
+    if not student_id:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "student_id"], "msg": "Field required", "type": "missing"}],
+        )
+    return student_id, org or "", email or ""
 
 
 def _unavailable(exc: PublishFailed) -> HTTPException:
