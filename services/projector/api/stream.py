@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,7 +291,7 @@ class Hub:
         sub: Subscriber,
         last_event_id: int | None,
         disconnected: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """SSE frames for one subscribed client, from after ``last_event_id`` (else from
         now). The first frame says nothing of the log beyond the caller's scope."""
         flt = sub.filter
