@@ -70,6 +70,7 @@ def endpoints(n_requests: int, rng: random.Random, next_cursor: str) -> dict[str
     return {
         "dashboard (admin)": lambda: ("/api/v1/monitoring/dashboard", {}, "admin"),
         "dashboard (teacher)": lambda: ("/api/v1/monitoring/dashboard", {}, "teacher"),
+        "dashboard (student)": lambda: ("/api/v1/monitoring/dashboard", {}, "student"),
         "requests ?status=active": lambda: (
             "/api/v1/monitoring/requests",
             {"status": "active", "limit": 20},
@@ -117,6 +118,8 @@ def endpoints(n_requests: int, rng: random.Random, next_cursor: str) -> dict[str
             "admin",
         ),
         "metrics ?hours=24": lambda: ("/api/v1/monitoring/metrics", {"hours": 24}, "admin"),
+        "metrics (teacher)": lambda: ("/api/v1/monitoring/metrics", {"hours": 24}, "teacher"),
+        "metrics (student)": lambda: ("/api/v1/monitoring/metrics", {"hours": 24}, "student"),
         "breakers": lambda: ("/api/v1/monitoring/breakers", {}, "admin"),
     }
 
@@ -127,6 +130,8 @@ async def measure_gets(
     tokens = {
         "admin": mint(SECRET, role="admin", sub="bench"),
         "teacher": mint(SECRET, role="teacher", sub="t", org="org-7"),
+        # stu-7's ~50 requests are all in org-7 (see bench.gen_read_model).
+        "student": mint(SECRET, role="student", sub="stu-7", org="org-7"),
     }
     rng = random.Random(11)
     out: dict[str, dict[str, float]] = {}

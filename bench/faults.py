@@ -65,7 +65,7 @@ from vividly.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus
 from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, Managed, free_port
 from vividly.supervisor import Supervisor
 
-SECRET = "fault-suite-secret-" + "x" * 32
+SECRET = "fault-suite-" + os.urandom(24).hex()
 TOPICS = (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)
 FAULTS = (
     "kill_leader_broker",

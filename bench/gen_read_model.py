@@ -159,6 +159,32 @@ def steps(n: int, per: int) -> list[tuple[str, str]]:
             FROM generate_series(0, 60 * 48) AS h""",
         ),
         (
+            "per-organization metrics",
+            f"""
+            INSERT INTO {SCHEMA}.org_stage_metrics_hour (organization_id, bucket, stage,
+                started, completed, failed, retried, duration_sum_ms, duration_max_ms,
+                duration_buckets)
+            SELECT 'org-' || o, date_trunc('hour', now()) - h * interval '1 hour', st, 35, 34,
+                1, 1, 34 * 900.0, 9000, {hist}
+            FROM generate_series(0, 39) AS o, generate_series(0, 24 * 31) AS h,
+                unnest({stages}) AS st;
+            INSERT INTO {SCHEMA}.org_stage_metrics_minute (organization_id, bucket, stage,
+                started, completed, failed, retried, duration_sum_ms, duration_max_ms,
+                duration_buckets)
+            SELECT 'org-' || o, date_trunc('minute', now()) - h * interval '1 minute', st, 1, 1,
+                0, 0, 900.0, 9000, {hist}
+            FROM generate_series(0, 39) AS o, generate_series(0, 60 * 48) AS h,
+                unnest({stages}) AS st;
+            INSERT INTO {SCHEMA}.org_request_metrics_hour (organization_id, bucket, created,
+                completed, failed)
+            SELECT 'org-' || o, date_trunc('hour', now()) - h * interval '1 hour', 35, 34, 1
+            FROM generate_series(0, 39) AS o, generate_series(0, 24 * 31) AS h;
+            INSERT INTO {SCHEMA}.org_request_metrics_minute (organization_id, bucket, created,
+                completed, failed)
+            SELECT 'org-' || o, date_trunc('minute', now()) - h * interval '1 minute', 1, 1, 0
+            FROM generate_series(0, 39) AS o, generate_series(0, 60 * 48) AS h""",
+        ),
+        (
             "breakers",
             f"""
             INSERT INTO {SCHEMA}.breakers (name, state, fail_counter, success_counter,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,21 @@ class Knobs:
             setattr(self, key, type(getattr(self, key))(value) if value is not None else None)
 
 
+#: Headers whose values are credentials: recorded as a fingerprint, never in clear.
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-goog-api-key", "x-api-key", "cookie"}
+)
+
+
+def redact(name: str, value: str) -> str:
+    """A credential header's value as ``[redacted sha256:<12 hex>]`` (tests can still
+    tell which key was sent); any other header as it is."""
+    if name.lower() not in SECRET_HEADERS:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:12]
+    return f"[redacted sha256:{digest}]"
+
+
 @dataclass
 class Recorder:
     """The last requests received: method, path and headers (for correlation checks)."""
@@ -53,7 +69,7 @@ class Recorder:
                 "method": request.method,
                 "path": request.path,
                 "status": status,
-                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "headers": {k.lower(): redact(k, v) for k, v in request.headers.items()},
                 "at": time.time(),
             }
         )
@@ -94,8 +110,14 @@ def install(app: web.Application, knobs: Knobs, recorder: Recorder) -> None:
         return web.json_response(asdict(knobs))
 
     async def set_config(request: web.Request) -> web.Response:
+        # JSON only: a web page can post a form here without asking, never JSON.
+        if request.content_type != "application/json":
+            return web.json_response({"error": "send the knobs as application/json"}, status=415)
         try:
-            knobs.update(await request.json())
+            data = await request.json()
+            if not isinstance(data, dict):
+                raise TypeError("the body is an object of knobs")
+            knobs.update(data)
         except (KeyError, ValueError, TypeError) as exc:
             return web.json_response({"error": f"bad knob: {exc}"}, status=422)
         return web.json_response(asdict(knobs))
@@ -105,7 +127,9 @@ def install(app: web.Application, knobs: Knobs, recorder: Recorder) -> None:
         items = [r for r in recorder.items if r["path"].startswith(path)]
         return web.json_response({"requests": items, "counts": dict(recorder.counts)})
 
-    async def clear_requests(_request: web.Request) -> web.Response:
+    async def clear_requests(request: web.Request) -> web.Response:
+        if request.content_type not in ("application/json", "application/octet-stream"):
+            return web.json_response({"error": "send no body, or JSON"}, status=415)
         recorder.items.clear()
         recorder.counts.clear()
         return web.json_response({"ok": True})

@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -61,12 +63,12 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 20.0, what: str = "con
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def side(
-    broker_pool: BrokerPool, postgres: str, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def read_side(
+    broker_pool: BrokerPool, postgres: str, home: Path, env: dict[str, str] | None = None
 ) -> Iterator[ReadSide]:
+    """A projector and an API over a fresh database, with these settings."""
     broker = broker_pool.get("apache")
-    home = tmp_path_factory.mktemp("readside")
     pipeline = Pipeline(
         broker.bootstrap,
         fresh_database(postgres, "readside"),
@@ -77,6 +79,7 @@ def side(
             "VIVIDLY_SSE_HEARTBEAT_S": "1",
             "VIVIDLY_TOPIC_PARTITIONS": "3",
             "VIVIDLY_MAX_MANUAL_RETRIES": "2",
+            **(env or {}),
         },
     )
     settings = broker.settings()
@@ -90,6 +93,14 @@ def side(
     finally:
         publisher.close(10)
         pipeline.stop()
+
+
+@pytest.fixture(scope="module")
+def side(
+    broker_pool: BrokerPool, postgres: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReadSide]:
+    with read_side(broker_pool, postgres, tmp_path_factory.mktemp("readside")) as rs:
+        yield rs
 
 
 def make_request(

@@ -27,13 +27,52 @@ import jwt
 ROLES = ("admin", "teacher", "student", "service")
 READERS = frozenset({"admin", "teacher", "student"})
 ALGORITHM = "HS256"
-#: A usable recipient: one @, no spaces, a dot in the domain, at most 254 characters.
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+#: A usable recipient: one @, a dot in the domain, no spaces or control characters, at
+#: most 254 characters. Classes are spelled out (no \s): regex engines disagree on it.
+_NOT_IN_ADDRESS = r"[^@ \t\n\r\f\v\x00-\x1f\x7f-\x9f]"
+EMAIL_PATTERN = f"^{_NOT_IN_ADDRESS}{{1,64}}@{_NOT_IN_ADDRESS}+\\.{_NOT_IN_ADDRESS}+$"
 _EMAIL = re.compile(EMAIL_PATTERN)
 
 
 def is_email(value: str) -> bool:
     return len(value) <= 254 and _EMAIL.match(value) is not None
+
+
+MIN_SECRET_BYTES = 32
+#: Secrets published in docs, samples and old compose files: never accepted.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change-me-to-a-long-random-secret-in-production",
+        "changeme",
+        "change-me",
+        "secret",
+        "your-secret-key",
+        "your-256-bit-secret",
+        "supersecret",
+        "jwt-secret",
+    }
+)
+_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "placeholder", "your-secret")
+
+
+class WeakSecret(ValueError):
+    """The API will not start with this signing secret."""
+
+
+def check_secret(secret: str) -> None:
+    """Refuse a secret shorter than 32 bytes or a known placeholder: either lets anyone
+    who has read the docs (or guessed) mint an admin token."""
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        raise WeakSecret(
+            f"VIVIDLY_JWT_SECRET is {size} bytes; it needs at least {MIN_SECRET_BYTES}"
+            " (generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    lowered = secret.strip().lower()
+    if lowered in PLACEHOLDER_SECRETS or any(w in lowered for w in _PLACEHOLDER_WORDS):
+        raise WeakSecret("VIVIDLY_JWT_SECRET is a published placeholder; set a random one")
+    if len(set(secret)) < 8:
+        raise WeakSecret("VIVIDLY_JWT_SECRET repeats a few characters; set a random one")
 
 
 class AuthError(Exception):

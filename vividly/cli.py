@@ -489,7 +489,9 @@ def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         applied = asyncio.run(migrate(url))
     except OSError as exc:
-        err.print(f"[red]Cannot reach Postgres at {url}:[/] {exc}")
+        from vividly.stack import redact_url
+
+        err.print(f"[red]Cannot reach Postgres at {redact_url(url)}:[/] {exc}")
         return 1
     console.print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0

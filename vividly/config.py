@@ -204,7 +204,10 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(default=8 * 3600, ge=60, description="Lifetime of minted tokens.")
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="SSE keep-alive interval.")
     sse_max_clients: int = Field(
-        default=256, ge=1, description="Stream clients per API process; beyond it, 429."
+        default=1024,
+        ge=1,
+        description="Stream clients per API process; beyond it, 429 (bench.api measures "
+        "1,000 on one process).",
     )
     sse_max_client_bytes: int = Field(
         default=4 * 1024 * 1024,
@@ -219,6 +222,17 @@ class Settings(BaseSettings):
         "resumes with the id of the last whole frame it read.",
     )
     api_db_pool_size: int = Field(default=10, ge=1)
+    api_submit_visible_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="How long a submit waits for the read model to show the new request "
+        "(its Location), after the log acknowledged it; the answer says whether it did.",
+    )
+    api_max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request body the API reads; a bigger one is 413 before parsing.",
+    )
     max_manual_retries: int = Field(
         default=3, ge=0, description="Retries a person may ask for per request."
     )
@@ -236,24 +250,20 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
 
     def local_database_url(self) -> str:
-        """The URL of the embedded Postgres started by ``vividly up``."""
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+        """The URL of the embedded Postgres started by ``vividly up`` (its password is
+        kept in ``$VIVIDLY_HOME/pg-password``, beside the JWT secret)."""
+        from vividly.stack import PG_PASSWORD_FILE, ensure_secret_file, local_pg_url
+
+        return local_pg_url(self.pg_port, ensure_secret_file(self.home / PG_PASSWORD_FILE))
 
     def effective_jwt_secret(self) -> str:
         """The configured secret, else one kept in ``$VIVIDLY_HOME/jwt-secret`` (made on
         first use, mode 0600), so the API and ``vividly token`` agree locally."""
         if self.jwt_secret:
             return self.jwt_secret
-        import os
-        import secrets
+        from vividly.stack import ensure_secret_file
 
-        path = self.home / "jwt-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(48))
-        return path.read_text().strip()
+        return ensure_secret_file(self.home / "jwt-secret", 48)
 
     def effective_database_url(self) -> str:
         return self.database_url or self.local_database_url()

@@ -17,15 +17,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIBS = Path(os.environ.get("VIVIDLY_KAFKA_LIBS", ROOT / ".cache" / "kafka-libs"))
@@ -327,6 +330,43 @@ class ApacheKafkaBroker:
             self.managed.proc.wait(10)
 
 
+PG_PASSWORD_FILE = "pg-password"
+
+
+def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
+    """The secret kept in ``path`` (mode 0600), made on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+def local_pg_url(port: int, password: str) -> str:
+    return f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{port}/postgres"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (for messages and status)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _hba_trusts(hba: Path) -> bool:
+    if not hba.exists():
+        return False
+    for line in hba.read_text().splitlines():
+        fields = line.split()
+        if fields and not line.lstrip().startswith("#") and fields[-1] == "trust":
+            return True
+    return False
+
+
 def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
@@ -336,13 +376,25 @@ class EmbeddedPostgres:
 
     SYSTEM_USER = "pgserver"
 
-    def __init__(self, pgdata: Path, port: int) -> None:
+    def __init__(self, pgdata: Path, port: int, password_file: Path | None = None) -> None:
         self.pgdata = pgdata.resolve()
         self.port = port
+        # Beside the JWT secret (``VIVIDLY_HOME/pg-password``): password authentication,
+        # never trust, even on 127.0.0.1 (any local user or process could connect).
+        self.password_file = (password_file or self.pgdata.parent / PG_PASSWORD_FILE).resolve()
         self.managed: Managed | None = None
 
     @property
+    def password(self) -> str:
+        return ensure_secret_file(self.password_file)
+
+    @property
     def url(self) -> str:
+        return local_pg_url(self.port, self.password)
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password (status, stack.json, logs)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @staticmethod
@@ -386,24 +438,36 @@ class EmbeddedPostgres:
         as_user = self._as_user()
         bins = self.bin_dir()
         log = self.pgdata.parent / "postgres.log"
+        password = self.password
         if not (self.pgdata / "PG_VERSION").exists():
-            init = subprocess.run(
-                [
-                    str(bins / "initdb"),
-                    "--auth=trust",
-                    "--encoding=utf8",
-                    "-U",
-                    "postgres",
-                    "-D",
-                    str(self.pgdata),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=180,
-                **as_user,
-            )
+            # initdb reads the password from a file it can open (it may run as another
+            # user): a private temporary one, gone once the cluster exists.
+            with tempfile.TemporaryDirectory() as tmp:
+                pwfile = Path(tmp) / "pw"
+                pwfile.write_text(password + "\n")
+                pwfile.chmod(0o600)
+                if as_user:
+                    shutil.chown(tmp, self.SYSTEM_USER, self.SYSTEM_USER)
+                    shutil.chown(pwfile, self.SYSTEM_USER, self.SYSTEM_USER)
+                init = subprocess.run(
+                    [
+                        str(bins / "initdb"),
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "--encoding=utf8",
+                        "-U",
+                        "postgres",
+                        "-D",
+                        str(self.pgdata),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=180,
+                    **as_user,
+                )
             if init.returncode != 0:
                 raise StackError(f"initdb failed: {init.stderr or init.stdout}")
+        trusting = _hba_trusts(self.pgdata / "pg_hba.conf")
         # A stale postmaster.pid from a killed run would stop the new server starting.
         pidfile = self.pgdata / "postmaster.pid"
         if pidfile.exists():
@@ -439,8 +503,59 @@ class EmbeddedPostgres:
         )
         wait_for_port(self.port, proc, "Postgres", log, timeout)
         self._wait_accepting(proc, log, timeout)
-        self.managed = Managed("postgres", proc, self.url, log)
+        if trusting:
+            self._require_password(password, as_user)
+        self.managed = Managed("postgres", proc, self.display_url, log)
         return self.managed
+
+    def _require_password(self, password: str, as_user: dict[str, Any]) -> None:
+        """A cluster made by an older version (initdb --auth=trust): give the superuser
+        the generated password, then switch every pg_hba.conf line to scram-sha-256 and
+        reload. The data stays; only how one connects changes."""
+        bins = self.bin_dir()
+        quoted = password.replace("'", "''")
+        run = subprocess.run(
+            [
+                str(bins / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qc",
+                f"ALTER USER postgres PASSWORD '{quoted}'",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": password},
+            check=False,
+        )
+        if run.returncode != 0:
+            raise StackError(f"could not set the Postgres password: {run.stderr.strip()}")
+        hba = self.pgdata / "pg_hba.conf"
+        lines = []
+        for line in hba.read_text().splitlines():
+            fields = line.split()
+            if fields and not line.lstrip().startswith("#") and fields[-1] == "trust":
+                line = line[: line.rstrip().rfind("trust")] + "scram-sha-256"
+            lines.append(line)
+        hba.write_text("\n".join(lines) + "\n")
+        reload = subprocess.run(
+            [str(bins / "pg_ctl"), "reload", "-D", str(self.pgdata)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **as_user,
+        )
+        if reload.returncode != 0:
+            raise StackError(f"pg_ctl reload failed: {reload.stderr.strip()}")
 
     def _wait_accepting(self, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
         isready = self.bin_dir() / "pg_isready"

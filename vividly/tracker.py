@@ -177,6 +177,18 @@ class RequestTracker:
         key), so submitting the same key twice yields the same request, and the read
         model folds the second RequestCreated into the first.
         """
+        for name, text in (
+            ("student_id", student_id),
+            ("organization_id", organization_id),
+            ("topic", topic),
+            ("learning_objective", learning_objective),
+            ("grade_level", str(grade_level)),
+            ("idempotency_key", idempotency_key or ""),
+            ("student_email", student_email),
+        ):
+            if "\x00" in text:
+                # Postgres text holds no NUL: the read model could not fold the request.
+                raise PayloadError(f"{name}: a NUL character cannot be stored")
         metadata_json = self._json(metadata, "metadata")
         if idempotency_key:
             seed = f"{organization_id}\x1f{student_id}\x1f{idempotency_key}"

@@ -32,7 +32,7 @@ def normalise_grade(raw: str) -> str | None:
     g = raw.strip().upper()
     if g in ("K", "KG", "KINDERGARTEN", "0"):
         return "K"
-    if g.isdigit() and 1 <= int(g) <= 12:
+    if len(g) <= 2 and g.isascii() and g.isdigit() and 1 <= int(g) <= 12:
         return str(int(g))
     return None
 

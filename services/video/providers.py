@@ -12,8 +12,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from vividly.clients import ProviderError, classify
 from vividly.config import Settings
@@ -39,6 +41,13 @@ class VideoAPI(Protocol):
     async def status(self, job_id: str, headers: dict[str, str]) -> dict[str, Any]: ...
 
     async def download(self, url: str, headers: dict[str, str]) -> bytes: ...
+
+
+MAX_REDIRECTS = 5
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
 
 
 class HttpVideoAPI:
@@ -109,18 +118,37 @@ class HttpVideoAPI:
         return str(data["job_id"])
 
     async def status(self, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
-        return await self._json("GET", f"{self.base}/v1/videos/{job_id}", headers)
+        return await self._json("GET", f"{self.base}/v1/videos/{quote(job_id, safe='')}", headers)
 
     async def download(self, url: str, headers: dict[str, str]) -> bytes:
+        """Fetch the finished video. The API key goes only to the video API's own origin
+        (scheme, host, port): a video URL on a CDN, or a redirect to one, gets the
+        correlation headers and nothing else. Redirects are followed here, hop by hop,
+        so that rule holds for every hop."""
+        api_origin = _origin(URL(self.base))
+        target = URL(url)
         try:
-            async with self.session.get(url, headers=self._headers(headers)) as resp:
-                if resp.status >= 400:
+            for _hop in range(MAX_REDIRECTS + 1):
+                if target.scheme not in ("http", "https") or not target.host:
                     raise ProviderError(
-                        f"video download: HTTP {resp.status}",
-                        retryable=resp.status == 429 or resp.status >= 500,
-                        status=resp.status,
+                        f"video download: not an http(s) URL: {str(target)[:200]}",
+                        retryable=False,
                     )
-                return await resp.read()
+                sent = self._headers(headers) if _origin(target) == api_origin else dict(headers)
+                async with self.session.get(target, headers=sent, allow_redirects=False) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        target = target.join(URL(resp.headers["Location"]))
+                        continue
+                    if resp.status >= 400:
+                        raise ProviderError(
+                            f"video download: HTTP {resp.status}",
+                            retryable=resp.status == 429 or resp.status >= 500,
+                            status=resp.status,
+                        )
+                    return await resp.read()
+            raise ProviderError(
+                f"video download: more than {MAX_REDIRECTS} redirects", retryable=False
+            )
         except ProviderError:
             raise
         except Exception as exc:

@@ -391,3 +391,45 @@ def test_smtp_refusal_is_a_provider_error() -> None:
     with pytest.raises(ProviderError) as info:
         asyncio.run(SmtpMailer(Settings(smtp_port=port, http_timeout_s=2)).send(MIMEText("x")))
     assert getattr(info.value, "is_retryable", None) is True
+
+
+def test_the_emulators_control_endpoint_takes_only_json_and_logs_no_credential(
+    gemini: str,
+) -> None:
+    import hashlib
+    import json
+    import urllib.error
+    import urllib.request
+
+    form = urllib.request.Request(
+        f"{gemini}/_emulator/config",
+        method="POST",
+        data=b"error_rate=1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(form, timeout=5)
+    assert refused.value.code == 415
+    with urllib.request.urlopen(f"{gemini}/_emulator/config", timeout=5) as r:
+        assert json.loads(r.read())["error_rate"] == 0.0  # unchanged
+    not_object = urllib.request.Request(
+        f"{gemini}/_emulator/config",
+        method="POST",
+        data=b"[1]",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(not_object, timeout=5)
+    assert bad.value.code == 422
+    key = "gemini-key-that-must-not-be-logged-0123"
+    asyncio.run(
+        GeminiScriptWriter(Settings(gemini_base_url=gemini, gemini_api_key=key)).write(
+            "Topic: Tides\nTarget length: 50 words\n", HEADERS
+        )
+    )
+    with urllib.request.urlopen(f"{gemini}/_emulator/requests?path=/v1", timeout=5) as r:
+        text = r.read().decode()
+    assert key not in text
+    last = json.loads(text)["requests"][-1]
+    sent = last["headers"]["x-goog-api-key"]
+    assert sent == f"[redacted sha256:{hashlib.sha256(key.encode()).hexdigest()[:12]}]"

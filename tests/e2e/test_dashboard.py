@@ -62,6 +62,8 @@ def test_dashboard_shows_requests_and_updates_live(
     side.flush()
     wait_for(lambda: visible(side, done, "completed") and visible(side, failed, "failed"))
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
     try:
         sign_in(page, side, side.token("teacher", "teacher-1", org))
         overview = page.get_by_test_id("overview")
@@ -81,6 +83,7 @@ def test_dashboard_shows_requests_and_updates_live(
         expect(page.get_by_test_id("detail-status")).to_have_text("completed")
         expect(page.get_by_test_id("waterfall-bar")).to_have_count(6)
         expect(page.get_by_test_id("event-row")).to_have_count(15)
+        expect(page.get_by_test_id("video-link")).to_have_attribute("href", "https://cdn/v.mp4")
 
         # A new request's events arrive over the stream: the feed and the table update
         # without a reload.
@@ -102,5 +105,30 @@ def test_dashboard_shows_requests_and_updates_live(
         shot = artifacts / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000
+        # The page ran whole under its Content Security Policy.
+        assert not [m for m in console if "Content Security Policy" in m], console
+    finally:
+        page.close()
+
+
+def test_a_video_url_that_is_not_http_is_shown_as_no_link(
+    side: ReadSide, browser: Browser, unique: str
+) -> None:
+    org = f"org-{unique}"
+    rid, _ = side.tracker.create_request(
+        "stu-x", "Tides and the moon", "two tides", "7", 3, organization_id=org
+    )
+    side.tracker.start_request(rid)
+    side.tracker.complete_request(rid, "javascript:alert(document.domain)", "s", "")
+    side.flush()
+    wait_for(lambda: visible(side, rid, "completed"), what="fold")
+    page = browser.new_page()
+    try:
+        sign_in(page, side, side.token("teacher", "t", org))
+        page.get_by_test_id("status-filter").select_option("all")
+        page.locator(f"tr[data-id='{rid}']").click()
+        expect(page.get_by_test_id("detail-status")).to_have_text("completed")
+        expect(page.get_by_test_id("video-link")).to_have_count(0)
+        assert page.locator("a[href^='javascript']").count() == 0
     finally:
         page.close()

@@ -94,8 +94,16 @@ def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
         assert keys.returncode == 0, keys.stderr
         assert rid in keys.stdout.split()
 
+        # Status names Postgres without its password; the password is beside the secret.
+        home = Path(stack_env["VIVIDLY_HOME"])
+        password = (home / "pg-password").read_text().strip()
+        assert password not in status.stdout
+        assert password not in (home / "stack.json").read_text()
+        pg_url = Settings(home=home, pg_port=int(stack_env["VIVIDLY_PG_PORT"])).local_database_url()
+        assert password in pg_url
+
         async def versions() -> list[str]:
-            conn = await asyncpg.connect(procs["postgres"]["url"])
+            conn = await asyncpg.connect(pg_url)
             try:
                 rows = await conn.fetch("SELECT version FROM vividly.schema_migrations")
                 return [r["version"] for r in rows]
@@ -103,7 +111,7 @@ def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
                 await conn.close()
 
         assert "0001_base" in asyncio.run(versions())
-        migrate = vividly(stack_env, "db", "migrate", "--database-url", procs["postgres"]["url"])
+        migrate = vividly(stack_env, "db", "migrate")  # finds the stack's URL itself
         assert "up to date" in migrate.stdout
     finally:
         down = vividly(stack_env, "down")

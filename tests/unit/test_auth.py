@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 
-from vividly.auth import AuthError, Principal, mint, verify
+from vividly.auth import AuthError, Principal, WeakSecret, check_secret, mint, verify
 
 SECRET = "unit-secret-0123456789abcdef0123456789abcdef"
 
@@ -73,3 +77,48 @@ def test_the_email_claim_is_minted_checked_and_read() -> None:
     )
     with pytest.raises(AuthError, match="org"):
         verify("k" * 32, empty_org)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "short",
+        "x" * 31,
+        "change-me-to-a-long-random-secret-in-production",
+        "please-CHANGEME-0123456789abcdefghijklmnop",
+        "a" * 64,
+        "ab" * 40,
+    ],
+)
+def test_a_weak_or_placeholder_secret_is_refused(secret: str) -> None:
+    with pytest.raises(WeakSecret):
+        check_secret(secret)
+
+
+def test_a_generated_secret_passes() -> None:
+    import secrets
+
+    check_secret(secrets.token_urlsafe(32))
+    check_secret(SECRET)
+
+
+def test_the_api_refuses_to_start_with_a_short_secret(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "VIVIDLY_HOME": str(tmp_path),
+        "VIVIDLY_JWT_SECRET": "too-short",
+        # Nothing listens here: it must refuse before it connects to anything.
+        "VIVIDLY_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "VIVIDLY_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "services.projector.api.main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "at least 32" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -465,3 +465,23 @@ def test_nan_and_infinity_are_refused_before_anything_is_published() -> None:
     assert pub.messages == []
     t.complete_stage("r1", "validation", {"none": None}, duration_ms=3.0)  # a real null
     assert len(pub.messages) == 1
+
+
+@pytest.mark.parametrize("field", ["topic", "student_id", "organization_id", "student_email"])
+def test_a_nul_character_is_refused_before_anything_is_published(
+    pub: FakePublisher, field: str
+) -> None:
+    t = RequestTracker(pub, producer="t")
+    spec: dict[str, object] = {
+        "student_id": "s",
+        "topic": "Tides",
+        "learning_objective": "o",
+        "grade_level": "5",
+        "duration_minutes": 3,
+        "organization_id": "org",
+        "student_email": "a@b.c",
+    }
+    spec[field] = str(spec[field]) + "\x00"
+    with pytest.raises(PayloadError, match=field):
+        t.create_request(**spec)  # type: ignore[arg-type]
+    assert pub.messages == []

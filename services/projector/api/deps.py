@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
 
 from services.projector.api.stream import Hub
 from vividly.auth import AuthError, Principal, verify
@@ -72,3 +73,42 @@ async def get_conn(state: State) -> AsyncIterator[Any]:
 
 
 Conn = Annotated[Any, Depends(get_conn)]
+
+
+# ---------------------------------------------------------------------- documented errors
+class FieldError(BaseModel):
+    """One reason a request was refused, naming where: ``loc`` is ["body", field],
+    ["query", name], ["path", name] or ["header", name]."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[FieldError] | Problem
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (every one with the same body)."""
+    return {code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in codes}
+
+
+ERROR_TEXT = {
+    400: "The body is not JSON (or not UTF-8)",
+    401: "No bearer token, or one that is expired, malformed or signed with another secret",
+    403: "The token's role may not do this; the detail names the field when one is to blame",
+    404: "No such request in the caller's scope",
+    409: "Not possible in the request's current state (detail.code says why)",
+    413: "The body is larger than the API reads (VIVIDLY_API_MAX_BODY_BYTES)",
+    422: "A parameter or body field is invalid; the detail names it",
+    429: "Too many stream clients on this API process; retry after Retry-After seconds",
+    503: "The event log did not acknowledge the write (nothing was accepted); retry",
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,13 +17,22 @@ from pathlib import Path
 import asyncpg
 import uvicorn
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.projector.api.deps import AppState
 from services.projector.api.routes import health, monitoring, requests
+from services.projector.api.security import (
+    BodyLimit,
+    SecurityHeaders,
+    html_policy,
+    validation_error,
+)
 from services.projector.api.stream import Hub
 from vividly import metrics
+from vividly.auth import WeakSecret, check_secret
 from vividly.bus import ensure_topics
 from vividly.config import STAGE_TOPICS, TRACKING_TOPIC, Settings
 from vividly.db import migrate
@@ -65,6 +75,9 @@ class RouteTiming:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    secret = settings.effective_jwt_secret()
+    check_secret(secret)  # before anything listens: WeakSecret
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.effective_database_url()
@@ -85,9 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         await hub.start()
         publisher = KafkaPublisher(settings, "api")
         tracker = RequestTracker.from_settings(settings, publisher)
-        app.state.vividly = AppState(
-            settings, settings.effective_jwt_secret(), pool, hub, publisher, tracker
-        )
+        app.state.vividly = AppState(settings, secret, pool, hub, publisher, tracker)
         log.info("api ready", extra={"port": settings.api_port})
         try:
             yield
@@ -102,26 +113,52 @@ def create_app(settings: Settings) -> FastAPI:
         description="Request tracking for the Vividly pipeline: the read model, live "
         "events (SSE), submission and retries. Bearer JWT (`vividly token`).",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(health.router)
     app.include_router(monitoring.router)
     app.include_router(requests.router)
 
+    page = DASHBOARD.read_text()
+    page_policy = html_policy(page)
+
     @app.get("/monitoring/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard_page() -> HTMLResponse:
         # The page holds no data: everything it shows comes from the API with the token
-        # pasted into it.
-        return HTMLResponse(DASHBOARD.read_text())
+        # pasted into it. Its policy allows its own inline script and style, by hash.
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_policy})
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        html = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+        text = bytes(html.body).decode()
+        cdn = "https://cdn.jsdelivr.net"
+        policy = html_policy(text, script_src=cdn, style_src=cdn).replace(
+            "img-src 'self' data:", "img-src 'self' data: https://fastapi.tiangolo.com"
+        )
+        return HTMLResponse(text, headers={"Content-Security-Policy": policy})
+
+    # Outermost first: the body limit before anything reads a body; every response,
+    # errors included, gets the security headers.
     app.add_middleware(RouteTiming)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     return app
 
 
 def main() -> None:
     settings = Settings(producer_name="api")
     configure_logging("api", settings.log_level)
+    try:
+        app = create_app(settings)
+    except WeakSecret as exc:
+        log.critical("refusing to start", extra={"reason": str(exc)})
+        print(f"vividly api: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,

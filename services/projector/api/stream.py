@@ -137,7 +137,7 @@ class Hub:
         pool: Any,
         heartbeat_s: float = 15.0,
         *,
-        max_clients: int = 256,
+        max_clients: int = 1024,
         max_client_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.database_url = database_url
@@ -156,6 +156,7 @@ class Hub:
         self._stopping = False
         self.frames_sent = 0
         self.cut_off = 0
+        self._folded = asyncio.Event()  # set (and replaced) on every projector commit
 
     async def start(self) -> None:
         await self._listen()
@@ -221,6 +222,26 @@ class Hub:
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self._wake.set()
+        folded, self._folded = self._folded, asyncio.Event()
+        folded.set()
+
+    async def visible(self, request_id: str, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the read model holds ``request_id``: checked
+        now and after each projector commit. False when it does not in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            folded = self._folded  # before the check: a commit in between still wakes us
+            async with self.pool.acquire() as conn:
+                found = await conn.fetchval(
+                    f"SELECT 1 FROM {S}.requests WHERE request_id = $1", request_id
+                )
+            remaining = deadline - loop.time()
+            if found or remaining <= 0:
+                return bool(found)
+            # A missed notification (LISTEN reconnecting) costs at most half a second.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(folded.wait(), min(remaining, 0.5))
 
     async def _pump(self) -> None:
         while True:

@@ -6,7 +6,7 @@ scope in SQL. Timestamps are returned as ISO 8601 strings.
 
 from __future__ import annotations
 
-import base64
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,9 @@ SUMMARY_COLUMNS = (
     " topic, grade_level, duration_minutes, student_id, organization_id, error_stage,"
     " created_at, updated_at, completed_at, failed_at, retry_count"
 )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class BadCursor(ValueError):
@@ -52,18 +55,25 @@ def _row(record: Any) -> dict[str, Any]:
     return out
 
 
+#: A page cursor: the last row's created_at (microseconds since the epoch) and its
+#: request id. Every string of this form is a position, so the schema states exactly
+#: which cursors are valid; it holds nothing the caller has not been shown.
+CURSOR_PATTERN = r"^[0-9]{1,17}_[A-Za-z0-9_.:@-]{1,128}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
 def encode_cursor(created_at: datetime, request_id: str) -> str:
-    raw = orjson.dumps([created_at.isoformat(), request_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    delta = created_at - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return f"{micros}_{request_id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, rid = orjson.loads(raw)
-        return datetime.fromisoformat(at), str(rid)
-    except Exception as exc:
-        raise BadCursor("cursor: not a cursor this API returned") from exc
+    """The (created_at, request_id) a page ended at."""
+    if not _CURSOR.match(cursor):
+        raise BadCursor("cursor: not a cursor this API returned")
+    micros, rid = cursor.split("_", 1)
+    return _EPOCH + timedelta(microseconds=int(micros)), rid
 
 
 # ---------------------------------------------------------------------- scoped figures

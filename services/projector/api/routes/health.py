@@ -17,7 +17,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Postgres or the live stream is not ready"}})
 async def readyz(state: State, response: Response) -> dict[str, Any]:
     checks: dict[str, Any] = {"stream": state.hub.listening}
     try:

@@ -4,40 +4,62 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.projector.api import views
-from services.projector.api.deps import Caller, Conn, Reader, State
+from services.projector.api.deps import Caller, Conn, Reader, State, errors
 from services.projector.api.stream import EventStreamResponse, StreamFilter, TooManyClients
 from vividly.config import STAGES
 
-router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
+router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"], responses=errors(401, 422))
 
 StatusFilter = Literal["active", "all", "queued", "running", "waiting", "completed", "failed"]
+#: Sequence numbers and offsets are Postgres bigints.
+SEQ_MAX = 2**63 - 1
+ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
+RequestId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$", description="A request id (UUID)")
+]
 
 
 def _not_found(request_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"request {request_id} not found")
 
 
-@router.get("/dashboard", summary="Overview: counts, active, stage p50/p95, failure rate, breakers")
+@router.get(
+    "/dashboard",
+    summary="Overview: counts, active, stage p50/p95, failure rate, breakers",
+    responses=errors(403),
+)
 async def dashboard(who: Reader, conn: Conn) -> dict[str, Any]:
     return await views.dashboard(conn, who)
 
 
-@router.get("/requests", summary="Request summaries, newest first, keyset-paginated")
+@router.get(
+    "/requests",
+    summary="Request summaries, newest first, keyset-paginated",
+    responses=errors(403),
+)
 async def list_requests(
     who: Reader,
     conn: Conn,
     status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
     stage: Annotated[Literal[STAGES] | None, Query()] = None,  # type: ignore[valid-type]
-    organization_id: Annotated[str | None, Query(max_length=64)] = None,
-    student_id: Annotated[str | None, Query(max_length=64)] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Words in topic/objective")] = None,
+    organization_id: Annotated[str | None, Query(pattern=ID)] = None,
+    student_id: Annotated[str | None, Query(pattern=ID)] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$", description="Words in topic/objective"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=views.CURSOR_PATTERN, description="next_cursor of the previous page"),
+    ] = None,
 ) -> dict[str, Any]:
     try:
         return await views.list_requests(
@@ -58,20 +80,30 @@ async def list_requests(
         ) from exc
 
 
-@router.get("/requests/{request_id}", summary="One request: stages, waiting reason, error, outputs")
-async def get_request(request_id: str, who: Caller, conn: Conn) -> dict[str, Any]:
+@router.get(
+    "/requests/{request_id}",
+    summary="One request: stages, waiting reason, error, outputs",
+    responses=errors(404),
+)
+async def get_request(request_id: RequestId, who: Caller, conn: Conn) -> dict[str, Any]:
     found = await views.get_request(conn, who.for_one_request(), request_id)
     if found is None:
         raise _not_found(request_id)
     return found
 
 
-@router.get("/requests/{request_id}/events", summary="A request's event timeline, paginated")
+@router.get(
+    "/requests/{request_id}/events",
+    summary="A request's event timeline, paginated",
+    responses=errors(403, 404),
+)
 async def request_events(
-    request_id: str,
+    request_id: RequestId,
     who: Reader,
     conn: Conn,
-    after: Annotated[int, Query(ge=0, description="next_after of the previous page")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=SEQ_MAX, description="next_after of the previous page")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     page = await views.request_events(conn, who, request_id, after, limit)
@@ -80,7 +112,11 @@ async def request_events(
     return page
 
 
-@router.get("/metrics", summary="Hourly buckets per stage: counts, failures, duration percentiles")
+@router.get(
+    "/metrics",
+    summary="Hourly buckets per stage: counts, failures, duration percentiles",
+    responses=errors(403),
+)
 async def metrics(
     who: Reader, conn: Conn, hours: Annotated[int, Query(ge=1, le=24 * 31)] = 24
 ) -> dict[str, Any]:
@@ -90,7 +126,7 @@ async def metrics(
 @router.get(
     "/quarantine",
     summary="Tracking events the fold set aside (undecodable, invalid, rejected), newest first",
-    responses={403: {"description": "admins only"}},
+    responses=errors(403),
 )
 async def quarantine(
     who: Reader, conn: Conn, limit: Annotated[int, Query(ge=1, le=500)] = 50
@@ -100,7 +136,7 @@ async def quarantine(
     return await views.quarantine(conn, limit)
 
 
-@router.get("/breakers", summary="Circuit breaker states")
+@router.get("/breakers", summary="Circuit breaker states", responses=errors(403))
 async def breakers(who: Reader, conn: Conn) -> list[dict[str, Any]]:
     return await views.breakers(conn, who)
 
@@ -109,25 +145,38 @@ async def breakers(who: Reader, conn: Conn) -> list[dict[str, Any]]:
     "/stream",
     summary="Server-Sent Events: every folded event in scope; ids are the read model's seq",
     response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **errors(403, 429),
+    },
 )
 async def stream(
     request: Request,
     who: Reader,
     state: State,
-    request_id: Annotated[str | None, Query(max_length=64)] = None,
-    organization_id: Annotated[str | None, Query(max_length=64)] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    since: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
+    request_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")] = None,
+    organization_id: Annotated[str | None, Query(pattern=ID)] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,19}$")
+    ] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=SEQ_MAX, description="Same as Last-Event-ID")
+    ] = None,
 ) -> StreamingResponse:
     resume: int | None = since
     if last_event_id:
-        try:
-            resume = int(last_event_id)
-        except ValueError as exc:
+        resume = int(last_event_id)
+        if resume > SEQ_MAX:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
-                [{"loc": ["header", "Last-Event-ID"], "msg": "must be an integer", "type": "int"}],
-            ) from exc
+                [
+                    {
+                        "loc": ["header", "Last-Event-ID"],
+                        "msg": f"must be at most {SEQ_MAX}",
+                        "type": "less_than_equal",
+                    }
+                ],
+            )
     flt = StreamFilter(who, request_id=request_id, organization_id=organization_id)
     try:
         sub = state.hub.subscribe(flt)

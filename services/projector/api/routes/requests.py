@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, HTTPException, Response, status
-from pydantic import BaseModel, Field, field_validator
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Response, status
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
 
 from services.ingest.handlers import (
     DURATION_MAX,
@@ -22,69 +32,132 @@ from services.projector.api.commands import (
     publish_acked,
     retry_failed,
 )
-from services.projector.api.deps import Caller, Conn, State
-from vividly.auth import Principal, is_email
+from services.projector.api.deps import Caller, Conn, State, errors
+from vividly.auth import EMAIL_PATTERN, Principal
 from vividly.config import STAGES
 from vividly.submit import build_submission
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
+router = APIRouter(
+    prefix="/api/v1/requests", tags=["requests"], responses=errors(400, 401, 403, 413, 422, 503)
+)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
+# Text the pipeline can carry and Postgres can store: no control characters (tab, CR and
+# LF aside in free text), and printable at both ends of a topic. Each pattern is what the
+# validation checks, so the OpenAPI schema says exactly what is accepted.
+_EDGE = r"[ \t\n\r]*"
+_TOPIC_CHAR = r"[^\x00-\x1f\x7f]"
+_TOPIC_END = r"[^ \t\n\r\x00-\x1f\x7f]"
+_TEXT_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+_TEXT_START = r"[^ \t\n\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+#: At least three characters once the surrounding white space is stripped.
+TOPIC_PATTERN = f"^{_EDGE}{_TOPIC_END}{_TOPIC_CHAR}+{_TOPIC_END}{_EDGE}$"
+OBJECTIVE_PATTERN = f"^{_EDGE}{_TEXT_START}{_TEXT_CHAR}*$"
+TEXT_PATTERN = f"^{_TEXT_CHAR}*$"
+GRADE_PATTERN = r"^([Kk]|[Kk][Gg]|0|0?[1-9]|1[0-2])$"
+KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
+#: Numbers in metadata: the 64-bit range, less the last float step, so the bound itself
+#: is exact both as an integer and as a double and every JSON reader agrees on it.
+INT64_MIN, INT64_MAX = -(2**63 - 1024), 2**63 - 1024
+METADATA_KEYS_MAX = 32
+METADATA_TEXT_MAX = 1000
+
+
+def _metadata_value(v: Any) -> Any:
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise ValueError(f"integers must be within ±{INT64_MAX} (64 bits)")
+        return v
+    if isinstance(v, float):
+        if not (math.isfinite(v) and INT64_MIN <= v <= INT64_MAX):
+            raise ValueError(f"numbers must be finite, within ±{INT64_MAX} (got {v!r})")
+        return v
+    if isinstance(v, str):
+        if len(v) > METADATA_TEXT_MAX:
+            raise ValueError(f"strings are at most {METADATA_TEXT_MAX} characters")
+        if not _TEXT.match(v):
+            raise ValueError("strings hold no control characters")
+        return v
+    raise ValueError("values are booleans, numbers, strings or null (metadata is flat)")
+
+
+_TEXT = re.compile(TEXT_PATTERN)
+MetadataValue = Annotated[
+    Any,
+    PlainValidator(_metadata_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "boolean"},
+                {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+                {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
+                {"type": "string", "maxLength": METADATA_TEXT_MAX, "pattern": TEXT_PATTERN},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
+def _integral(v: Any) -> Any:
+    """JSON's 12.0 is the integer 12 (as JSON Schema says); "12" stays a string (refused)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+MetadataKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 
 
 class NewRequest(BaseModel):
     """What a student asks for. Students may leave out student_id (their own is used);
-    teachers may leave out organization_id (theirs is used)."""
+    teachers may leave out organization_id (theirs is used). ``student_email`` (where the
+    emails go) is for admin and service callers: a student's comes from its token."""
+
+    model_config = ConfigDict(extra="forbid")
 
     student_id: str | None = Field(default=None, pattern=ID_PATTERN)
     organization_id: str | None = Field(default=None, pattern=ID_PATTERN)
-    topic: str = Field(min_length=TOPIC_MIN, max_length=TOPIC_MAX)
-    learning_objective: str = Field(min_length=1, max_length=OBJECTIVE_MAX)
-    grade_level: str = Field(description="K or 1-12")
-    duration_minutes: int = Field(ge=DURATION_MIN, le=DURATION_MAX)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    student_email: str | None = Field(default=None, max_length=254)
+    topic: str = Field(min_length=TOPIC_MIN, max_length=TOPIC_MAX, pattern=TOPIC_PATTERN)
+    learning_objective: str = Field(
+        min_length=1, max_length=OBJECTIVE_MAX, pattern=OBJECTIVE_PATTERN
+    )
+    grade_level: str = Field(description="K or 1-12", pattern=GRADE_PATTERN)
+    duration_minutes: Annotated[int, BeforeValidator(_integral)] = Field(
+        ge=DURATION_MIN, le=DURATION_MAX, strict=True
+    )
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=METADATA_KEYS_MAX,
+        description="Flat: up to 32 keys; values are booleans, 64-bit integers, finite "
+        "numbers, strings of up to 1000 characters, or null.",
+        # Keys must match the pattern (the validation says so too).
+        json_schema_extra={"additionalProperties": False},
+    )
+    student_email: str | None = Field(default=None, max_length=254, pattern=EMAIL_PATTERN)
 
     @field_validator("topic", "learning_objective")
     @classmethod
     def _stripped(cls, v: str) -> str:
-        v = v.strip()
-        if len(v) < 1:
-            raise ValueError("must not be blank")
-        return v
-
-    @field_validator("topic")
-    @classmethod
-    def _topic_length(cls, v: str) -> str:
-        if len(v) < TOPIC_MIN:
-            raise ValueError(f"must be at least {TOPIC_MIN} characters")
-        return v
+        return v.strip(" \t\n\r")
 
     @field_validator("grade_level")
     @classmethod
     def _grade(cls, v: str) -> str:
         grade = normalise_grade(v)
-        if grade is None:
+        if grade is None:  # the pattern admits only grades
             raise ValueError("must be one of K, 1-12")
         return grade
 
-    @field_validator("student_email")
-    @classmethod
-    def _email(cls, v: str | None) -> str | None:
-        if v is not None and not is_email(v):
-            raise ValueError("must be an email address")
-        return v
-
 
 class RetryBody(BaseModel):
-    stage: str | None = Field(default=None, description="The failed stage (default: it)")
+    model_config = ConfigDict(extra="forbid")
 
-    @field_validator("stage")
-    @classmethod
-    def _known(cls, v: str | None) -> str | None:
-        if v is not None and v not in STAGES:
-            raise ValueError(f"must be one of {', '.join(STAGES)}")
-        return v
+    stage: Literal[STAGES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="The failed stage (default: it)"
+    )
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, summary="Submit a request")
@@ -93,7 +166,9 @@ async def submit(
     who: Caller,
     state: State,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,200}$")
+    ] = None,
 ) -> dict[str, Any]:
     student_id, org, email = _author(who, body)
     tracker = state.tracker
@@ -119,20 +194,25 @@ async def submit(
         raise _unavailable(exc) from exc
     location = f"/api/v1/monitoring/requests/{rid}"
     response.headers["Location"] = location
-    return {"request_id": rid, "correlation_id": cid, "status": "queued", "location": location}
+    # Accepted either way (the log has it); wait a moment so its Location answers.
+    visible = await state.hub.visible(rid, state.settings.api_submit_visible_s)
+    return {
+        "request_id": rid,
+        "correlation_id": cid,
+        "status": "queued",
+        "location": location,
+        "visible": visible,
+    }
 
 
 @router.post(
     "/{request_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Retry a failed request from its failed stage",
-    responses={
-        404: {"description": "no such request in scope"},
-        409: {"description": "not retryable now"},
-    },
+    responses=errors(404, 409),
 )
 async def retry(
-    request_id: str,
+    request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")],
     who: Caller,
     state: State,
     conn: Conn,
@@ -197,10 +277,8 @@ def _author(who: Principal, body: NewRequest) -> tuple[str, str, str]:
             raise _forbidden("student_email", "a teacher cannot choose the recipient")
         org = who.org
     if not student_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [{"loc": ["body", "student_id"], "msg": "Field required", "type": "missing"}],
-        )
+        # The caller has no student identity of its own to submit under.
+        raise _forbidden("student_id", f"a {who.role} names the student it submits for")
     return student_id, org or "", email or ""
 
 
