@@ -79,6 +79,8 @@ def read_side(
             "VIVIDLY_SSE_HEARTBEAT_S": "1",
             "VIVIDLY_TOPIC_PARTITIONS": "3",
             "VIVIDLY_MAX_MANUAL_RETRIES": "2",
+            # Its own group: two read sides alive at once each fold the whole log.
+            "VIVIDLY_PROJECTOR_GROUP": f"projector-{uuid.uuid4().hex[:8]}",
             **(env or {}),
         },
     )

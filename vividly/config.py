@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         "cluster, a recreated topic, offsets past the end or before the start): refuse to "
         "fold (exit; `vividly projector rebuild` mends it) or rebuild from the log.",
     )
+    projector_group: str = Field(
+        default="vividly-projector",
+        description="The live projector's consumer group: the processes folding one read "
+        "model share it; a second read model of the same log (another database) needs "
+        "its own.",
+    )
     api_host: str = Field(default="127.0.0.1", description="Where the monitoring API listens.")
     jwt_secret: str | None = Field(
         default=None,

@@ -23,7 +23,9 @@ async def serve(settings: Settings) -> None:
     await migrate(url)
     await asyncio.to_thread(ensure_topics, settings, {TRACKING_TOPIC: settings.topic_partitions})
     serve_metrics(settings.metrics_host, settings.metrics_port)
-    await Projector(settings, url, batch_max=settings.projector_batch_max).run()
+    await Projector(
+        settings, url, group_id=settings.projector_group, batch_max=settings.projector_batch_max
+    ).run()
 
 
 def main() -> None:

@@ -86,3 +86,17 @@ def test_the_first_frame_tells_nothing_of_the_log_beyond_the_callers_scope() -> 
     first = asyncio.run(go())
     assert "987654" not in first
     assert first.startswith("retry: ")
+
+
+def test_an_admin_whose_scope_is_the_whole_log_is_told_where_live_begins() -> None:
+    async def go() -> str:
+        hub = Hub("postgresql://unused", pool=None)
+        hub.last_seq = 987_654
+        stream = hub.stream(
+            hub.subscribe(StreamFilter(Principal("a", "admin"))), None, lambda: False
+        )
+        first = await stream.__anext__()
+        await stream.aclose()
+        return first
+
+    assert "live from seq 987654" in asyncio.run(go())

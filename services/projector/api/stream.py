@@ -317,7 +317,10 @@ class Hub:
         now). The first frame says nothing of the log beyond the caller's scope."""
         flt = sub.filter
         try:
-            yield "retry: 2000\n: connected\n\n"
+            # An admin's scope is the whole log, so it is told where live begins; anyone
+            # else learns nothing of the log beyond its scope.
+            where = f", live from seq {self.last_seq}" if flt.who.role == "admin" else ""
+            yield f"retry: 2000\n: connected{where}\n\n"
             sent = self.last_seq if last_event_id is None else last_event_id
             if last_event_id is not None:
                 async for old in self._backfill(flt, last_event_id):
