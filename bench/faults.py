@@ -288,6 +288,7 @@ class SseClient:
         self.seqs: list[int] = []
         self.first_live: int | None = None
         self.reconnects = 0
+        self.resumed_from: list[int | None] = []  # the Last-Event-ID of each connection
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -302,6 +303,8 @@ class SseClient:
                 headers["Last-Event-ID"] = str(self.seqs[-1])
             elif self.first_live is not None:
                 headers["Last-Event-ID"] = str(self.first_live)
+            last = headers.get("Last-Event-ID")
+            self.resumed_from.append(int(last) if last else None)
             try:
                 with httpx.stream("GET", self.url, headers=headers, timeout=10) as r:
                     for line in r.iter_lines():
@@ -667,6 +670,8 @@ def check(
         "sse_frames": len(sse.seqs),
         "sse_reconnects": sse.reconnects,
         "sse_missing": len(sse_missing),
+        "sse_missing_examples": sse_missing[:20],
+        "sse_resumed_from": sse.resumed_from[:60],
         "sse_repeated": len(sse_repeated),
         "poison_written": len(poison),
         "poison_unaccounted": len(unaccounted),

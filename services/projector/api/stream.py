@@ -232,10 +232,15 @@ class Hub:
         deadline = loop.time() + timeout_s
         while True:
             folded = self._folded  # before the check: a commit in between still wakes us
-            async with self.pool.acquire() as conn:
-                found = await conn.fetchval(
-                    f"SELECT 1 FROM {S}.requests WHERE request_id = $1", request_id
-                )
+            try:
+                async with self.pool.acquire() as conn:
+                    found = await conn.fetchval(
+                        f"SELECT 1 FROM {S}.requests WHERE request_id = $1", request_id
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # The write is in the log already: Postgres being away makes it "not
+                # visible yet", never an error.
+                found = None
             remaining = deadline - loop.time()
             if found or remaining <= 0:
                 return bool(found)
