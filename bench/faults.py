@@ -289,6 +289,8 @@ class SseClient:
         self.first_live: int | None = None
         self.reconnects = 0
         self.resumed_from: list[int | None] = []  # the Last-Event-ID of each connection
+        self.statuses: list[int] = []  # the answer to each connection
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -307,6 +309,7 @@ class SseClient:
             self.resumed_from.append(int(last) if last else None)
             try:
                 with httpx.stream("GET", self.url, headers=headers, timeout=10) as r:
+                    self.statuses.append(r.status_code)
                     for line in r.iter_lines():
                         if self._stop.is_set():
                             return
@@ -317,8 +320,8 @@ class SseClient:
                             self.first_live = int(line.rsplit(" ", 1)[1])
                         elif line.startswith("id: "):
                             self.seqs.append(int(line[4:]))
-            except (httpx.HTTPError, OSError):
-                pass
+            except (httpx.HTTPError, OSError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}"[:120])
             self.reconnects += 1
             self._stop.wait(0.5)
 
@@ -672,6 +675,8 @@ def check(
         "sse_missing": len(sse_missing),
         "sse_missing_examples": sse_missing[:20],
         "sse_resumed_from": sse.resumed_from[:60],
+        "sse_statuses": sse.statuses[:60],
+        "sse_errors": sse.errors[:20],
         "sse_repeated": len(sse_repeated),
         "poison_written": len(poison),
         "poison_unaccounted": len(unaccounted),
