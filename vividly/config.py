@@ -6,7 +6,11 @@ passed down. ``DATABASE_URL`` is honoured as well as ``VIVIDLY_DATABASE_URL``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -258,8 +262,6 @@ class Settings(BaseSettings):
     def local_database_url(self) -> str:
         """The URL of the embedded Postgres started by ``vividly up`` (its password is
         kept in ``$VIVIDLY_HOME/pg-password``, beside the JWT secret)."""
-        from vividly.stack import PG_PASSWORD_FILE, ensure_secret_file, local_pg_url
-
         return local_pg_url(self.pg_port, ensure_secret_file(self.home / PG_PASSWORD_FILE))
 
     def effective_jwt_secret(self) -> str:
@@ -267,8 +269,6 @@ class Settings(BaseSettings):
         first use, mode 0600), so the API and ``vividly token`` agree locally."""
         if self.jwt_secret:
             return self.jwt_secret
-        from vividly.stack import ensure_secret_file
-
         return ensure_secret_file(self.home / "jwt-secret", 48)
 
     def effective_database_url(self) -> str:
@@ -279,3 +279,22 @@ class Settings(BaseSettings):
             return self.cdn_base_url.rstrip("/")
         base = (self.s3_endpoint_url or f"https://{self.s3_bucket}.s3.amazonaws.com").rstrip("/")
         return f"{base}/{self.s3_bucket}" if self.s3_endpoint_url else base
+
+
+# --------------------------------------------------------------- local secrets
+PG_PASSWORD_FILE = "pg-password"
+
+
+def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
+    """The secret kept in ``path`` (mode 0600), made on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+def local_pg_url(port: int, password: str) -> str:
+    return f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{port}/postgres"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -28,7 +28,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
+
+from vividly.config import PG_PASSWORD_FILE, ensure_secret_file, local_pg_url
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIBS = Path(os.environ.get("VIVIDLY_KAFKA_LIBS", ROOT / ".cache" / "kafka-libs"))
@@ -330,24 +332,6 @@ class ApacheKafkaBroker:
             self.managed.proc.wait(10)
 
 
-PG_PASSWORD_FILE = "pg-password"
-
-
-def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
-    """The secret kept in ``path`` (mode 0600), made on first use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(nbytes))
-    return path.read_text().strip()
-
-
-def local_pg_url(port: int, password: str) -> str:
-    return f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{port}/postgres"
-
-
 def redact_url(url: str) -> str:
     """``url`` without its password (for messages and status)."""
     parts = urlsplit(url)
@@ -357,14 +341,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _is_trust_rule(line: str) -> bool:
+    """A pg_hba.conf rule (not a comment) whose method is ``trust``."""
+    fields = line.split()
+    return bool(fields) and not line.lstrip().startswith("#") and fields[-1] == "trust"
+
+
 def _hba_trusts(hba: Path) -> bool:
-    if not hba.exists():
-        return False
-    for line in hba.read_text().splitlines():
-        fields = line.split()
-        if fields and not line.lstrip().startswith("#") and fields[-1] == "trust":
-            return True
-    return False
+    return hba.exists() and any(_is_trust_rule(line) for line in hba.read_text().splitlines())
 
 
 def new_cluster_id() -> str:
@@ -384,7 +368,7 @@ class EmbeddedPostgres:
         self.password_file = (password_file or self.pgdata.parent / PG_PASSWORD_FILE).resolve()
         self.managed: Managed | None = None
 
-    @property
+    @functools.cached_property
     def password(self) -> str:
         return ensure_secret_file(self.password_file)
 
@@ -541,8 +525,7 @@ class EmbeddedPostgres:
         hba = self.pgdata / "pg_hba.conf"
         lines = []
         for line in hba.read_text().splitlines():
-            fields = line.split()
-            if fields and not line.lstrip().startswith("#") and fields[-1] == "trust":
+            if _is_trust_rule(line):
                 line = line[: line.rstrip().rfind("trust")] + "scram-sha-256"
             lines.append(line)
         hba.write_text("\n".join(lines) + "\n")

@@ -97,6 +97,21 @@ STAGE_COLUMNS = (
 READ_MODEL_VERSION = 2
 
 
+#: How a stored metric row takes a batch's delta (global and per-organization alike).
+_ADD_STAGE_METRICS = """
+    started = m.started + EXCLUDED.started,
+    completed = m.completed + EXCLUDED.completed,
+    failed = m.failed + EXCLUDED.failed,
+    retried = m.retried + EXCLUDED.retried,
+    duration_sum_ms = m.duration_sum_ms + EXCLUDED.duration_sum_ms,
+    duration_max_ms = GREATEST(m.duration_max_ms, EXCLUDED.duration_max_ms),
+    duration_buckets = (SELECT array_agg(a + b ORDER BY i)
+        FROM unnest(m.duration_buckets, EXCLUDED.duration_buckets) WITH ORDINALITY AS x(a, b, i))"""
+_ADD_REQUEST_COUNTS = """
+    created = m.created + EXCLUDED.created, completed = m.completed + EXCLUDED.completed,
+    failed = m.failed + EXCLUDED.failed"""
+
+
 def quote_ident(name: str) -> str:
     if not name.replace("_", "").isalnum() or not name[0].isalpha():
         raise ValueError(f"schema names are letters, digits and _ only: {name!r}")
@@ -244,57 +259,48 @@ class ReadModelStore:
                 is_retryable = COALESCE(EXCLUDED.is_retryable, t.is_retryable),
                 due_at = COALESCE(EXCLUDED.due_at, t.due_at),
                 input_item = COALESCE(EXCLUDED.input_item, t.input_item)"""
-        metric_upsert = """
+        metric_upsert = (
+            """
             INSERT INTO {table} AS m (bucket, stage, started, completed, failed, retried,
                 duration_sum_ms, duration_max_ms, duration_buckets)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::bigint[])
-            ON CONFLICT (bucket, stage) DO UPDATE SET
-                started = m.started + EXCLUDED.started,
-                completed = m.completed + EXCLUDED.completed,
-                failed = m.failed + EXCLUDED.failed,
-                retried = m.retried + EXCLUDED.retried,
-                duration_sum_ms = m.duration_sum_ms + EXCLUDED.duration_sum_ms,
-                duration_max_ms = GREATEST(m.duration_max_ms, EXCLUDED.duration_max_ms),
-                duration_buckets = (SELECT array_agg(a + b ORDER BY i)
-                    FROM unnest(m.duration_buckets, EXCLUDED.duration_buckets)
-                    WITH ORDINALITY AS x(a, b, i))"""
+            ON CONFLICT (bucket, stage) DO UPDATE SET """
+            + _ADD_STAGE_METRICS
+        )
         self._sql_minutes = metric_upsert.format(table=f"{s}.stage_metrics_minute")
         self._sql_hours = metric_upsert.format(table=f"{s}.stage_metrics_hour")
-        request_upsert = """
+        request_upsert = (
+            """
             INSERT INTO {table} AS m (bucket, created, completed, failed)
             VALUES ($1, $2, $3, $4)
-            ON CONFLICT (bucket) DO UPDATE SET created = m.created + EXCLUDED.created,
-                completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed"""
+            ON CONFLICT (bucket) DO UPDATE SET """
+            + _ADD_REQUEST_COUNTS
+        )
         self._sql_request_minutes = request_upsert.format(table=f"{s}.request_metrics_minute")
         self._sql_request_hours = request_upsert.format(table=f"{s}.request_metrics_hour")
         # The same deltas per organization, one statement per batch (unnest). Histograms
         # travel as array literals: unnest would flatten a two-dimensional array.
-        org_metric_upsert = """
+        org_metric_upsert = (
+            """
             INSERT INTO {table} AS m (organization_id, bucket, stage, started, completed,
                 failed, retried, duration_sum_ms, duration_max_ms, duration_buckets)
             SELECT o, b, st, s, c, f, r, ds, dm, h::bigint[]
             FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[], $5::bigint[],
                 $6::bigint[], $7::bigint[], $8::float8[], $9::float8[], $10::text[])
               AS u(o, b, st, s, c, f, r, ds, dm, h)
-            ON CONFLICT (organization_id, bucket, stage) DO UPDATE SET
-                started = m.started + EXCLUDED.started,
-                completed = m.completed + EXCLUDED.completed,
-                failed = m.failed + EXCLUDED.failed,
-                retried = m.retried + EXCLUDED.retried,
-                duration_sum_ms = m.duration_sum_ms + EXCLUDED.duration_sum_ms,
-                duration_max_ms = GREATEST(m.duration_max_ms, EXCLUDED.duration_max_ms),
-                duration_buckets = (SELECT array_agg(a + b ORDER BY i)
-                    FROM unnest(m.duration_buckets, EXCLUDED.duration_buckets)
-                    WITH ORDINALITY AS x(a, b, i))"""
+            ON CONFLICT (organization_id, bucket, stage) DO UPDATE SET """
+            + _ADD_STAGE_METRICS
+        )
         self._sql_org_minutes = org_metric_upsert.format(table=f"{s}.org_stage_metrics_minute")
         self._sql_org_hours = org_metric_upsert.format(table=f"{s}.org_stage_metrics_hour")
-        org_request_upsert = """
+        org_request_upsert = (
+            """
             INSERT INTO {table} AS m (organization_id, bucket, created, completed, failed)
             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[],
                 $5::bigint[])
-            ON CONFLICT (organization_id, bucket) DO UPDATE SET
-                created = m.created + EXCLUDED.created,
-                completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed"""
+            ON CONFLICT (organization_id, bucket) DO UPDATE SET """
+            + _ADD_REQUEST_COUNTS
+        )
         self._sql_org_request_minutes = org_request_upsert.format(
             table=f"{s}.org_request_metrics_minute"
         )

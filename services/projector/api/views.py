@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from services.projector.fold import ACTIVE, N_BUCKETS, MetricDelta, percentiles
+from services.projector.fold import ACTIVE, N_BUCKETS, MetricDelta, bucket_time, percentiles
 from services.projector.store import LIVE_SCHEMA, quote_ident
 from vividly.auth import Principal
 from vividly.config import STAGES
@@ -89,28 +89,30 @@ _STAGE_EVENTS = ("stage_started", "stage_completed", "stage_failed", "stage_retr
 def _bucket(at: datetime, step: int) -> datetime:
     """The start of the minute/hour ``at`` falls in, as the fold buckets it (UTC)."""
     sec = int(at.timestamp())
-    return datetime.fromtimestamp(sec - sec % step, UTC)
+    return bucket_time(sec - sec % step)
+
+
+async def _kept(conn: Any, who: Principal, columns: str, table: str, since: datetime) -> list[Any]:
+    """Rows of a metric table the fold keeps (``table`` is its global name): the global
+    table for an admin, the organization's rows for a teacher."""
+    if who.role == "admin":
+        return list(
+            await conn.fetch(f"SELECT {columns} FROM {S}.{table} WHERE bucket >= $1", since)
+        )
+    return list(
+        await conn.fetch(
+            f"SELECT {columns} FROM {S}.org_{table} WHERE organization_id = $1 AND bucket >= $2",
+            who.org,
+            since,
+        )
+    )
 
 
 async def _stage_figures(conn: Any, who: Principal, grain: str, since: datetime) -> list[Any]:
     """Stage metric rows (bucket, stage, counts, histogram) of ``grain`` ("minute" or
     "hour") from ``since``, for the caller's scope."""
-    if who.role == "admin":
-        return list(
-            await conn.fetch(
-                f"SELECT {_STAGE_FIGURES} FROM {S}.stage_metrics_{grain} WHERE bucket >= $1",
-                since,
-            )
-        )
-    if who.role == "teacher":
-        return list(
-            await conn.fetch(
-                f"SELECT {_STAGE_FIGURES} FROM {S}.org_stage_metrics_{grain}"
-                " WHERE organization_id = $1 AND bucket >= $2",
-                who.org,
-                since,
-            )
-        )
+    if who.role in ("admin", "teacher"):
+        return await _kept(conn, who, _STAGE_FIGURES, f"stage_metrics_{grain}", since)
     # A student: its own requests' stage events, folded as the projector folds them.
     params: list[Any] = []
     scope = who.scope_sql(params)
@@ -156,23 +158,9 @@ async def _stage_figures(conn: Any, who: Principal, grain: str, since: datetime)
 
 async def _request_figures(conn: Any, who: Principal, grain: str, since: datetime) -> list[Any]:
     """Requests created/completed/failed per ``grain`` bucket from ``since``, in scope."""
-    if who.role == "admin":
-        return list(
-            await conn.fetch(
-                f"SELECT bucket, created, completed, failed FROM {S}.request_metrics_{grain}"
-                " WHERE bucket >= $1",
-                since,
-            )
-        )
-    if who.role == "teacher":
-        return list(
-            await conn.fetch(
-                f"SELECT bucket, created, completed, failed FROM {S}.org_request_metrics_{grain}"
-                " WHERE organization_id = $1 AND bucket >= $2",
-                who.org,
-                since,
-            )
-        )
+    if who.role in ("admin", "teacher"):
+        columns = "bucket, created, completed, failed"
+        return await _kept(conn, who, columns, f"request_metrics_{grain}", since)
     params: list[Any] = []
     scope = who.scope_sql(params)
     params.append(since)
