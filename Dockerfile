@@ -14,7 +14,7 @@ COPY vividly ./vividly
 COPY services ./services
 COPY emulators ./emulators
 COPY migrations ./migrations
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[all]" \
  && useradd --create-home --uid 10001 vividly
 USER vividly
 

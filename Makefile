@@ -46,7 +46,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	@touch $@
 
 $(KAFKA_STAMP): deploy/kafka/pom.xml | $(SYSTEM_STAMP)
@@ -66,6 +66,7 @@ lint: $(VENV_STAMP) $(SYSTEM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 

@@ -37,11 +37,11 @@ import aiohttp
 from rich.console import Console
 
 from bench.gen_read_model import TOPICS, generate
-from vividly.auth import mint
 from vividly.config import Settings
-from vividly.pipeline import Pipeline, PipelinePorts
+from vividly.platform.pipeline import Pipeline, PipelinePorts
+from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.publish import KafkaPublisher
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
+from vividly.runtime.auth import mint
 from vividly.tracker import RequestTracker
 
 console = Console(stderr=True)

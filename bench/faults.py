@@ -56,14 +56,14 @@ import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from vividly.auth import mint
-from vividly.bus import ensure_topics
 from vividly.config import DLQ_TOPIC, STAGE_TOPICS, TRACKING_TOPIC, Settings
-from vividly.db import migrate
 from vividly.events import ENVELOPE_TYPE, H_TYPE, Envelope, WorkItem
-from vividly.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, Managed, free_port
-from vividly.supervisor import Supervisor
+from vividly.platform.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus
+from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, Managed, free_port
+from vividly.platform.supervisor import Supervisor
+from vividly.runtime.auth import mint
+from vividly.runtime.bus import ensure_topics
+from vividly.runtime.db import migrate
 
 SECRET = "fault-suite-" + os.urandom(24).hex()
 TOPICS = (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)
@@ -686,7 +686,7 @@ def check(
 
 
 async def _ledger_event_ids(url: str) -> set[str]:
-    from vividly.stage import Recorded
+    from vividly.runtime.stage import Recorded
 
     conn = await asyncpg.connect(url)
     try:

@@ -20,7 +20,7 @@ import asyncpg
 from bench.pipeline import TOPICS as PIPELINE_TOPICS
 from services.projector.fold import N_BUCKETS
 from vividly.config import STAGES
-from vividly.db import migrate
+from vividly.runtime.db import migrate
 
 SCHEMA = "vividly_read"
 # The pipeline benchmark's topics and a few more.

@@ -46,13 +46,13 @@ from google.protobuf.message import DecodeError
 from rich.console import Console
 from rich.progress import Progress
 
-from vividly.bus import ensure_topics
 from vividly.config import DLQ_TOPIC, STAGE_TOPICS, STAGES, TRACKING_TOPIC, Settings
-from vividly.db import migrate
 from vividly.events import decode_envelope
-from vividly.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus_sync
+from vividly.platform.pipeline import SERVICES, Pipeline, PipelinePorts, load_corpus_sync
+from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.publish import KafkaPublisher
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
+from vividly.runtime.bus import ensure_topics
+from vividly.runtime.db import migrate
 from vividly.submit import submit_request
 from vividly.tracker import RequestTracker
 

@@ -33,12 +33,12 @@ from rich.console import Console
 
 from services.projector.fold import EVENT_COLUMNS
 from services.projector.runner import Projector
-from vividly.bus import ensure_topics
 from vividly.config import STAGES, Settings
-from vividly.db import migrate
 from vividly.events import WorkItem
+from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.publish import KafkaPublisher
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
+from vividly.runtime.bus import ensure_topics
+from vividly.runtime.db import migrate
 from vividly.tracker import RequestTracker
 
 console = Console(stderr=True)

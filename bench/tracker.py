@@ -24,10 +24,10 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.progress import Progress
 
-from vividly.bus import ensure_topics
 from vividly.config import Settings
+from vividly.platform.stack import ApacheKafkaBroker
 from vividly.publish import KafkaPublisher, producer_config
-from vividly.stack import ApacheKafkaBroker
+from vividly.runtime.bus import ensure_topics
 from vividly.tracker import RequestTracker
 
 console = Console(stderr=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vividly.config import Settings
-from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
+from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 
 BROKERS = ["apache"]
 
@@ -30,7 +30,6 @@ class Broker:
             "kafka_bootstrap": self.bootstrap,
             "topic_partitions": 3,
             "commit_interval_s": 0.1,
-            "handler_retry_backoff_s": 0.01,
         }
         base.update(overrides)
         return Settings(**base)  # type: ignore[arg-type]

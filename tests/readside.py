@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from tests.conftest import BrokerPool, fresh_database
-from vividly.auth import mint
 from vividly.config import Settings
 from vividly.events import WorkItem
-from vividly.pipeline import Pipeline, PipelinePorts
+from vividly.platform.pipeline import Pipeline, PipelinePorts
 from vividly.publish import KafkaPublisher
+from vividly.runtime.auth import mint
 from vividly.tracker import RequestTracker
 
 SECRET = "test-secret-" + uuid.uuid4().hex

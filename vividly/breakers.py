@@ -16,13 +16,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pybreaker
 from pybreaker import CircuitBreaker, CircuitBreakerError
 
 from vividly import metrics
-from vividly.tracker import RequestTracker
+from vividly.errors import counts_against_breaker
+
+if TYPE_CHECKING:
+    from vividly.tracker import RequestTracker
 
 __all__ = [
     "BREAKERS",
@@ -33,6 +36,7 @@ __all__ = [
     "gemini_breaker",
     "get_all_circuit_breaker_stats",
     "guarded",
+    "install_breaker_metrics",
     "nano_banana_breaker",
     "publish_breaker_events",
     "retry_at",
@@ -56,8 +60,9 @@ class CircuitOpen(Exception):
 
 
 def _never_counts(exc: BaseException) -> bool:
-    """Failures that say nothing about the service's health do not trip the breaker."""
-    return getattr(exc, "is_retryable", None) is False
+    """Failures that say nothing about the service's health do not trip the breaker
+    (:func:`vividly.errors.counts_against_breaker` decides)."""
+    return not counts_against_breaker(exc)
 
 
 @dataclass
@@ -155,6 +160,25 @@ def on_state_change(hook: Callable[[CircuitBreaker, str, str], None]) -> None:
     """Call ``hook(breaker, old, new)`` on every state change (metrics, loop gates)."""
     for cb in BREAKERS.values():
         _counters(cb).on_change.append(hook)
+
+
+_metrics_installed = False
+
+
+def install_breaker_metrics() -> None:
+    """Keep the breaker gauges current (idempotent); every breaker starts at closed."""
+    global _metrics_installed
+    for name in BREAKERS:
+        metrics.breaker_state.labels(name).set(0)
+    if not _metrics_installed:
+
+        def on_change(cb: Any, old: str, new: str) -> None:
+            name = str(cb.name)
+            metrics.breaker_state.labels(name).set(metrics.BREAKER_STATE_VALUES.get(new, -1))
+            metrics.breaker_transitions.labels(name, new).inc()
+
+        on_state_change(on_change)
+        _metrics_installed = True
 
 
 def retry_at(cb: CircuitBreaker) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -37,6 +38,8 @@ STAGE_TOPICS: tuple[str, ...] = (
     "requests.rendered",
 )
 SUBMITTED, VALIDATED, RETRIEVED, SCRIPTED, RENDERED = STAGE_TOPICS
+#: Every topic of the pipeline: the stage topics, the tracking log and the dead letters.
+PIPELINE_TOPICS: tuple[str, ...] = (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)
 
 #: How long one item may reasonably spend in each stage (seconds): the bound of the
 #: "request stuck in a stage" alert, exported as vividly_stage_expected_seconds.
@@ -91,10 +94,6 @@ class Settings(BaseSettings):
 
     # --- the consumer loop -------------------------------------------------------------
     max_in_flight: int = Field(default=64, ge=1, description="Messages handled at once.")
-    handler_max_attempts: int = Field(
-        default=3, ge=1, description="Tries for a handler raising a RetryableError."
-    )
-    handler_retry_backoff_s: float = Field(default=0.2, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     commit_interval_s: float = Field(default=0.5, gt=0)
     causal_events: bool = Field(
@@ -136,7 +135,11 @@ class Settings(BaseSettings):
     s3_port: int = Field(default=8703, ge=1, le=65535, description="moto's S3 server.")
 
     # --- stages: retries and breakers -------------------------------------------------
-    stage_max_attempts: int = Field(default=3, ge=1, description="Tries per stage.")
+    # One policy for both (vividly.errors.RetryPolicy): a stage's attempts, and the tries
+    # the consumer loop gives a handler that raises a RetryableError.
+    stage_max_attempts: int = Field(
+        default=3, ge=1, description="Tries per stage (and per handler in the loop)."
+    )
     retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay.")
     retry_backoff_max_s: float = Field(default=30.0, ge=0)
     retry_jitter: float = Field(default=0.2, ge=0, le=1, description="± fraction of delay.")
@@ -298,3 +301,9 @@ def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
 
 def local_pg_url(port: int, password: str) -> str:
     return f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{port}/postgres"
+
+
+def topic_plan(settings: Settings, names: Iterable[str] = PIPELINE_TOPICS) -> dict[str, int]:
+    """The topics to create, with their partition counts: what every process that creates
+    topics (``vividly up``, the API, the projector, each service's loop) asks for."""
+    return dict.fromkeys(names, settings.topic_partitions)

@@ -96,16 +96,21 @@ def new_span_id() -> str:
     return os.urandom(8).hex()
 
 
-def traceparent_for(correlation_id: str, span_id: str | None = None) -> str:
-    """W3C traceparent whose trace id is the correlation id's 32 hex digits.
+def traceparent_for(correlation_id: str, span_id: str | None = None, parent: str = "") -> str:
+    """The W3C traceparent of a new span ``span_id`` (random when not given).
 
-    Tying the trace id to the correlation id lets any tracing backend and our own
-    read model join on the same value without a lookup.
+    Its trace is ``parent``'s when that is a traceparent (the span is its child: a stage's
+    event under the work item it consumed), else the correlation id's own: its 32 hex
+    digits (any other id is hashed to them). Tying the trace id to the correlation id lets
+    any tracing backend and our own read model join on the same value without a lookup.
     """
+    span = span_id or new_span_id()
+    if len(parent) == 55 and parent.startswith("00-"):
+        return f"{parent[:36]}{span}-01"
     trace_id = correlation_id.replace("-", "").lower()
     if len(trace_id) != 32:
         trace_id = uuid_utils.uuid5(uuid_utils.NAMESPACE_URL, correlation_id).hex
-    return f"00-{trace_id}-{span_id or new_span_id()}-01"
+    return f"00-{trace_id}-{span}-01"
 
 
 def event_type_name(envelope: Envelope) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -120,26 +119,6 @@ sse_closed = Counter(
     "complete in time), refused (the process already had its maximum of clients).",
     ["reason"],
 )
-
-_installed = False
-
-
-def install_breaker_metrics() -> None:
-    """Keep the breaker gauges current (idempotent); every breaker starts at closed."""
-    global _installed
-    from vividly import breakers
-
-    for name in breakers.BREAKERS:
-        breaker_state.labels(name).set(0)
-    if not _installed:
-
-        def on_change(cb: Any, old: str, new: str) -> None:
-            name = str(cb.name)
-            breaker_state.labels(name).set(BREAKER_STATE_VALUES.get(new, -1))
-            breaker_transitions.labels(name, new).inc()
-
-        breakers.on_state_change(on_change)
-        _installed = True
 
 
 def record_kafka_stats(raw: str) -> None:

@@ -15,19 +15,26 @@ that the wait ended in a failure, and the loop stops so the input is redelivered
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from vividly import metrics
 from vividly.config import Settings
+from vividly.events import H_CORRELATION, H_TRACEPARENT, H_TYPE
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message as ProtoMessage
+
+    from vividly.events import WorkItem
 
 log = logging.getLogger("vividly.publish")
 
@@ -37,6 +44,52 @@ DeliveryCallback = Callable[[KafkaError | None, Any], None]
 
 class PublishError(RuntimeError):
     """The message could not even be queued (buffer full past the wait, bad config)."""
+
+
+class DeliveryFailed(RuntimeError):
+    """A message was not acknowledged by the broker (it failed after librdkafka's own
+    retries, or no report came in time). Not retryable by the caller: a consumer stops so
+    its input is redelivered; the API answers 503."""
+
+    is_retryable = False
+
+
+def message_headers(type_name: str, correlation_id: str = "", traceparent: str = "") -> Headers:
+    """The headers every message of ours carries: its protobuf type, and the correlation
+    id and W3C traceparent when there are any."""
+    headers: Headers = [(H_TYPE, type_name.encode())]
+    if correlation_id:
+        headers.append((H_CORRELATION, correlation_id.encode()))
+    if traceparent:
+        headers.append((H_TRACEPARENT, traceparent.encode()))
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish: topic, key, value and headers."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        topic: str,
+        key: str,
+        message: ProtoMessage,
+        correlation_id: str = "",
+        traceparent: str = "",
+    ) -> Outgoing:
+        headers = message_headers(message.DESCRIPTOR.full_name, correlation_id, traceparent)
+        return cls(topic, key.encode(), message.SerializeToString(), headers)
+
+    @classmethod
+    def work_item(cls, topic: str, item: WorkItem) -> Outgoing:
+        """``item`` keyed by its request id, with its own correlation id and traceparent."""
+        return cls.of(topic, item.request_id, item, item.correlation_id, item.traceparent)
 
 
 @dataclass(slots=True)
@@ -324,3 +377,56 @@ class _Delivery:
             self._pub._settle(self._seq, str(err), msg.topic(), msg.key())
         if self._cb is not None:
             self._cb(err, msg)
+
+
+async def delivered(publisher: Publisher, seq: int) -> None:
+    """Wait until everything ``publisher`` published up to ``seq`` is acknowledged; raise
+    :class:`DeliveryFailed` if any of it failed."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[str | None] = loop.create_future()
+
+    def done(ok: bool) -> None:
+        loop.call_soon_threadsafe(_settle, fut, None if ok else "failed")
+
+    publisher.when_delivered(seq, done)
+    if await fut is not None:
+        raise DeliveryFailed(
+            "a message published while handling this input was not delivered; "
+            "stopping so the input is redelivered"
+        )
+
+
+async def publish_acked(
+    publisher: Publisher,
+    messages: Sequence[tuple[str, bytes, bytes, Headers]],
+    timeout: float | None = None,
+) -> None:
+    """Publish ``messages`` and wait for each one's own delivery report (not the
+    producer's watermark: one old failure must not fail every later call); raise
+    :class:`DeliveryFailed` unless the broker acknowledged every one, within ``timeout``
+    seconds when one is given."""
+    loop = asyncio.get_running_loop()
+    futs: list[asyncio.Future[str | None]] = []
+    for topic, key, value, headers in messages:
+        fut: asyncio.Future[str | None] = loop.create_future()
+
+        def done(err: Any, _msg: Any, fut: asyncio.Future[str | None] = fut) -> None:
+            loop.call_soon_threadsafe(_settle, fut, None if err is None else str(err))
+
+        publisher.publish(topic, key, value, list(headers), on_delivery=done)
+        futs.append(fut)
+    try:
+        errors = await asyncio.wait_for(asyncio.gather(*futs), timeout)
+    except TimeoutError as exc:
+        raise DeliveryFailed(f"the event log did not acknowledge within {timeout:.0f} s") from exc
+    failed = [e for e in errors if e is not None]
+    if failed:
+        topic = messages[errors.index(failed[0])][0]
+        raise DeliveryFailed(
+            f"the event log refused {len(failed)} message(s) (first to {topic}): {failed[0]}"
+        )
+
+
+def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
+    if not fut.done():
+        fut.set_result(error)

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vividly.bus import Outgoing
 from vividly.config import SUBMITTED
 from vividly.events import WorkItem, traceparent_for
-from vividly.publish import Publisher
+from vividly.publish import Outgoing, Publisher
 from vividly.tracker import RequestTracker
 
 
@@ -66,5 +65,5 @@ def build_submission(
     )
     item.request.CopyFrom(tracker.last_created)
     item.submitted_at.GetCurrentTime()
-    out = Outgoing.of(SUBMITTED, request_id, item, correlation_id, item.traceparent)
+    out = Outgoing.work_item(SUBMITTED, item)
     return request_id, correlation_id, out

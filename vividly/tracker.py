@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 import uuid_utils
 
-from vividly import metrics
+from vividly import errors, metrics
 from vividly.config import STAGES, TRACKING_TOPIC, Settings
 from vividly.events import (
     ENVELOPE_TYPE,
@@ -39,6 +39,7 @@ from vividly.events import (
     Envelope,
     RequestSpec,
     WorkItem,
+    traceparent_for,
 )
 from vividly.publish import FlushReport, Publisher
 
@@ -410,8 +411,8 @@ class RequestTracker:
         Publishes StageStarted on entry; StageCompleted with the duration and whatever
         was put in ``span.output`` on a clean exit; on an exception, StageFailed with
         the exception type, message and traceback in ``error_details``, then re-raises.
-        ``is_retryable`` defaults to the exception's own ``is_retryable`` attribute, or
-        True for timeouts and connection errors.
+        ``is_retryable`` defaults to what :func:`vividly.errors.is_retryable` says of
+        the exception (its own ``is_retryable`` attribute; HTTP 429/5xx; network errors).
         """
         self._check_stage(stage_name)
         return StageSpan(self, request_id, stage_name, is_retryable, attempt)
@@ -581,11 +582,7 @@ class RequestTracker:
             # The event is a span: its id is the event id's random tail, its trace the
             # parent's (from the consumed message) or the correlation id's.
             eid = env.event_id
-            span = eid[19:23] + eid[24:]
-            if len(parent) == 55:
-                traceparent = f"{parent[:36]}{span}-01"
-            else:
-                traceparent = f"00-{correlation_id.replace('-', '')}-{span}-01"
+            traceparent = traceparent_for(correlation_id, eid[19:23] + eid[24:], parent)
             headers.append((H_CORRELATION, correlation_id.encode()))
             headers.append((H_TRACEPARENT, traceparent.encode()))
         captured = _capture.get()
@@ -649,10 +646,7 @@ class StageSpan:
             return
         retryable = self._retryable
         if retryable is None:
-            flag = getattr(exc, "is_retryable", None)
-            retryable = (
-                bool(flag) if flag is not None else isinstance(exc, TimeoutError | ConnectionError)
-            )
+            retryable = errors.is_retryable(exc)
         self._tracker.fail_stage(
             self.request_id,
             self._stage,

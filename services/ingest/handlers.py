@@ -5,16 +5,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vividly.bus import Delivery, Outgoing, PermanentError
+from vividly.errors import PermanentError
 from vividly.events import WorkItem
-from vividly.stage import StageContext, StageRunner
+from vividly.publish import Outgoing
+from vividly.rules import (
+    DURATION_MAX,
+    DURATION_MIN,
+    ID_PATTERN,
+    OBJECTIVE_MAX,
+    TOPIC_MAX,
+    TOPIC_MIN,
+    normalise_grade,
+)
+from vividly.runtime.bus import Delivery
+from vividly.runtime.stage import StageContext, StageRunner
 from vividly.tracker import RequestTracker
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
-GRADES = ("K", *(str(g) for g in range(1, 13)))
-TOPIC_MIN, TOPIC_MAX = 3, 200
-OBJECTIVE_MAX = 1000
-DURATION_MIN, DURATION_MAX = 1, 15
+_ID = re.compile(ID_PATTERN)
 
 
 class InvalidRequest(PermanentError):
@@ -26,15 +33,6 @@ class InvalidRequest(PermanentError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.details = {"field": field}
-
-
-def normalise_grade(raw: str) -> str | None:
-    g = raw.strip().upper()
-    if g in ("K", "KG", "KINDERGARTEN", "0"):
-        return "K"
-    if len(g) <= 2 and g.isascii() and g.isdigit() and 1 <= int(g) <= 12:
-        return str(int(g))
-    return None
 
 
 def validate(item: WorkItem) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from services.ingest.handlers import SubmissionGate, validation_work
 from vividly.config import SUBMITTED, VALIDATED
-from vividly.ledger import IngestLedger, PgLedger
-from vividly.service import Built, Deps, run
-from vividly.stage import Stage, StageRunner
+from vividly.runtime.ledger import IngestLedger, PgLedger
+from vividly.runtime.service import Built, Deps, run
+from vividly.runtime.stage import Stage, StageRunner
 
 
 async def build(deps: Deps) -> Built:

@@ -12,11 +12,14 @@ from email.mime.text import MIMEText
 from email.utils import formatdate
 from typing import Any, Protocol, cast
 
+from pybreaker import CircuitBreaker
+
 from services.notify.providers import Mailer
-from vividly.breakers import guarded, smtp_breaker
-from vividly.bus import Delivery, Outgoing
+from vividly.breakers import guarded
 from vividly.events import WorkItem
-from vividly.stage import StageContext, StageRunner
+from vividly.publish import Outgoing
+from vividly.runtime.bus import Delivery
+from vividly.runtime.stage import StageContext, StageRunner
 from vividly.tracker import RequestTracker
 
 log = logging.getLogger("vividly.notify")
@@ -105,14 +108,22 @@ def compose(
 
 class Notifier:
     def __init__(
-        self, mailer: Mailer, ledger: SendLedger, sender: str, claim_poll_s: float = 0.5
+        self,
+        mailer: Mailer,
+        ledger: SendLedger,
+        sender: str,
+        breaker: CircuitBreaker,
+        claim_poll_s: float = 0.5,
     ) -> None:
         self.mailer = mailer
+        self.breaker = breaker  # SMTP's: the notification Stage pauses input while open
         self.ledger = ledger
         self.sender = sender
         self.claim_poll_s = claim_poll_s
 
-    async def send_once(self, item: WorkItem, kind: str, msg: Message) -> bool:
+    async def send_once(
+        self, item: WorkItem, kind: str, msg: Message, ctx: StageContext | None = None
+    ) -> bool:
         """Send unless this outcome's email was already sent; True if sent now.
 
         A claim another sender holds is waited on: either it is marked sent (nothing to
@@ -136,7 +147,8 @@ class Notifier:
                 waited = True
             await asyncio.sleep(self.claim_poll_s)
         try:
-            await guarded(smtp_breaker, lambda: self.mailer.send(msg))
+            send = lambda: self.mailer.send(msg)  # noqa: E731
+            await (ctx.guarded(self.breaker, send) if ctx else guarded(self.breaker, send))
         except BaseException:
             await self.ledger.release(item.request_id, kind)
             raise
@@ -148,7 +160,7 @@ class Notifier:
         msg = compose(
             item, "content_ready", self.sender, vp.get("cdn_url", ""), vp.get("thumbnail_url", "")
         )
-        sent = await self.send_once(item, "content_ready", msg)
+        sent = await self.send_once(item, "content_ready", msg, ctx)
         if sent:
             ctx.log(
                 "notification_sent",

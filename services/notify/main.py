@@ -7,9 +7,9 @@ from services.notify.handlers import Notifier, NotifyHandler, completer
 from services.notify.providers import Mailer, NullMailer, SmtpMailer
 from vividly.breakers import smtp_breaker
 from vividly.config import RENDERED
-from vividly.ledger import NotificationLedger, PgLedger
-from vividly.service import Built, Deps, run
-from vividly.stage import Stage, StageRunner
+from vividly.runtime.ledger import NotificationLedger, PgLedger
+from vividly.runtime.service import Built, Deps, run
+from vividly.runtime.stage import Stage, StageRunner
 
 
 async def build(deps: Deps) -> Built:
@@ -22,11 +22,14 @@ async def build(deps: Deps) -> Built:
         deps.closers.append(smtp.close)
         mailer = smtp
     notifier = Notifier(
-        mailer, NotificationLedger(deps.pool, lease_s=s.email_claim_lease_s), s.smtp_from
+        mailer,
+        NotificationLedger(deps.pool, lease_s=s.email_claim_lease_s),
+        s.smtp_from,
+        breaker=smtp_breaker,
     )
     runner = StageRunner(
         tracker=deps.tracker,
-        stages=[Stage("notification", notifier.content_ready, breakers=(smtp_breaker,))],
+        stages=[Stage("notification", notifier.content_ready, breakers=(notifier.breaker,))],
         settings=s,
         input_topic=RENDERED,
         next_topic=None,

@@ -10,8 +10,8 @@ import time
 from email.message import Message
 from typing import Protocol
 
-from vividly.clients import ProviderError, classify
 from vividly.config import Settings
+from vividly.errors import ProviderError, classify
 
 
 class Mailer(Protocol):

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from vividly.events import SCHEMA_VERSION, Envelope
+from vividly.events import SCHEMA_VERSION, SEVERITY_NAMES, Envelope
 
 #: Upper bounds (ms) of the duration histogram buckets; one more bucket holds the rest.
 DURATION_BOUNDS_MS: tuple[float, ...] = (
@@ -61,7 +61,6 @@ _UUID = re.compile(
 )
 #: Seconds of the datetimes Postgres and Python both hold (years 1..9999).
 _MIN_S, _MAX_S = -62135596800, 253402300799
-_SEVERITY = {0: "info", 1: "debug", 2: "info", 3: "warning", 4: "error", 5: "critical"}
 
 
 def ts(t: Any) -> datetime:
@@ -432,7 +431,7 @@ def _request_waiting(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline
 
 def _event_logged(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
     b.request(env, at)
-    severity = _SEVERITY.get(ev.severity, "info")
+    severity = SEVERITY_NAMES.get(ev.severity, "info")  # 0 (unset) reads as info
     data = _json_text(ev.event_data_json)
     return ev.stage or None, None, severity, ev.message or ev.event_type, data
 

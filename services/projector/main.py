@@ -10,18 +10,18 @@ import sys
 
 from services.projector.logid import LogMismatch
 from services.projector.runner import Projector
-from vividly.config import TRACKING_TOPIC, Settings
-from vividly.db import migrate
+from vividly.config import Settings, topic_plan
 from vividly.logs import configure_logging
 from vividly.metrics import serve_metrics
+from vividly.runtime.db import migrate
 
 
 async def serve(settings: Settings) -> None:
-    from vividly.bus import ensure_topics
+    from vividly.runtime.bus import ensure_topics
 
     url = settings.effective_database_url()
     await migrate(url)
-    await asyncio.to_thread(ensure_topics, settings, {TRACKING_TOPIC: settings.topic_partitions})
+    await asyncio.to_thread(ensure_topics, settings, topic_plan(settings))
     serve_metrics(settings.metrics_host, settings.metrics_port)
     await Projector(
         settings, url, group_id=settings.projector_group, batch_max=settings.projector_batch_max

@@ -37,8 +37,8 @@ from services.projector.store import (
     quote_ident,
 )
 from vividly import metrics
-from vividly.bus import _take, consumer_config
 from vividly.config import TRACKING_TOPIC, Settings
+from vividly.runtime.bus import consumer_config, offsets_at, take_batch
 
 log = logging.getLogger("vividly.projector")
 
@@ -94,7 +94,7 @@ class Projector:
 
     async def _fetch(self, wait_s: float) -> list[Any]:
         assert self._consumer is not None
-        return await asyncio.to_thread(_take, self._consumer, self.batch_max, wait_s)
+        return await asyncio.to_thread(take_batch, self._consumer, self.batch_max, wait_s)
 
     # ------------------------------------------------------------------ set-up
     async def open(self) -> None:
@@ -541,16 +541,5 @@ async def start_offsets(proj: Projector, at: datetime | None) -> dict[int, int]:
     if at is None:
         return {}
     meta = await asyncio.to_thread(consumer.list_topics, proj.topic, 10)
-    ms = int(at.timestamp() * 1000)
-    query = [TopicPartition(proj.topic, p, ms) for p in sorted(meta.topics[proj.topic].partitions)]
-    found = await asyncio.to_thread(consumer.offsets_for_times, query, 10)
-    out = {}
-    for tp in found:
-        if tp.offset >= 0:
-            out[tp.partition] = tp.offset
-        else:
-            _, high = await asyncio.to_thread(
-                consumer.get_watermark_offsets, TopicPartition(proj.topic, tp.partition), 10
-            )
-            out[tp.partition] = high
-    return out
+    parts = sorted(meta.topics[proj.topic].partitions)
+    return await asyncio.to_thread(offsets_at, consumer, proj.topic, parts, at)

@@ -6,10 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+from pybreaker import CircuitBreaker
+
 from services.rag.providers import Chunk, Embedder, Retriever
-from vividly.breakers import gemini_breaker, guarded
 from vividly.events import WorkItem
-from vividly.stage import StageContext
+from vividly.runtime.stage import StageContext
 
 
 class TTLCache:
@@ -37,9 +38,15 @@ class TTLCache:
 
 class Retrieval:
     def __init__(
-        self, embedder: Embedder, retriever: Retriever, cache: TTLCache, top_k: int = 5
+        self,
+        embedder: Embedder,
+        retriever: Retriever,
+        cache: TTLCache,
+        breaker: CircuitBreaker,
+        top_k: int = 5,
     ) -> None:
         self.embedder = embedder
+        self.breaker = breaker  # the embedding API's: its Stage pauses input while open
         self.retriever = retriever
         self.cache = cache
         self.top_k = top_k
@@ -87,7 +94,7 @@ class Retrieval:
         spec = item.request
         query = f"{spec.topic}. {spec.learning_objective}"
         headers = ctx.headers()
-        vectors = await guarded(gemini_breaker, lambda: self.embedder.embed([query], headers))
+        vectors = await ctx.guarded(self.breaker, lambda: self.embedder.embed([query], headers))
         return await self.retriever.search(query, vectors[0], grade, self.top_k)
 
     @staticmethod

@@ -14,9 +14,9 @@ from services.rag.providers import (
 )
 from vividly.breakers import gemini_breaker
 from vividly.config import RETRIEVED, VALIDATED
-from vividly.ledger import PgLedger
-from vividly.service import Built, Deps, run
-from vividly.stage import Stage, StageRunner
+from vividly.runtime.ledger import PgLedger
+from vividly.runtime.service import Built, Deps, run
+from vividly.runtime.stage import Stage, StageRunner
 
 
 async def build(deps: Deps) -> Built:
@@ -26,10 +26,12 @@ async def build(deps: Deps) -> Built:
         retriever: Retriever = MemoryRetriever(load_corpus(), s.embedding_dim)
     else:
         embedder, retriever = GeminiEmbedder(s), PgRetriever(deps.pool)
-    work = Retrieval(embedder, retriever, TTLCache(s.rag_cache_ttl_s), s.rag_top_k)
+    work = Retrieval(
+        embedder, retriever, TTLCache(s.rag_cache_ttl_s), breaker=gemini_breaker, top_k=s.rag_top_k
+    )
     runner = StageRunner(
         tracker=deps.tracker,
-        stages=[Stage("rag_retrieval", work, breakers=(gemini_breaker,))],
+        stages=[Stage("rag_retrieval", work, breakers=(work.breaker,))],
         settings=s,
         input_topic=VALIDATED,
         next_topic=RETRIEVED,

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from emulators.gemini import embed as hashed_embedding
-from vividly.clients import ProviderError, classify, genai_client
 from vividly.config import Settings
+from vividly.errors import ProviderError, classify
+from vividly.localgen import embed as hashed_embedding
+from vividly.runtime.clients import genai_client
 
 CORPUS_FILE = Path(__file__).resolve().parent / "corpus" / "passages.jsonl"
 _WORD = re.compile(r"[a-z0-9]+")

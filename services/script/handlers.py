@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pybreaker import CircuitBreaker
+
 from services.script.providers import ScriptWriter
-from vividly.breakers import gemini_breaker, guarded
 from vividly.events import WorkItem
-from vividly.stage import StageContext
+from vividly.runtime.stage import StageContext
 
 WORDS_PER_MINUTE = 150
 
@@ -30,8 +31,9 @@ def build_prompt(item: WorkItem, grade: str, chunks: list[dict[str, Any]]) -> st
 
 
 class ScriptGeneration:
-    def __init__(self, writer: ScriptWriter) -> None:
+    def __init__(self, writer: ScriptWriter, breaker: CircuitBreaker) -> None:
         self.writer = writer
+        self.breaker = breaker  # Gemini's: its Stage pauses input while it is open
 
     async def __call__(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
         grade = ctx.output_of("validation").get("grade_level", item.request.grade_level)
@@ -43,7 +45,7 @@ class ScriptGeneration:
             data={"model": self.writer.model},
         )
         headers = ctx.headers()
-        script = await guarded(gemini_breaker, lambda: self.writer.write(prompt, headers))
+        script = await ctx.guarded(self.breaker, lambda: self.writer.write(prompt, headers))
         words = len(script.split())
         ctx.log("script_generated", f"Generated {words} word script")
         return {

@@ -7,9 +7,9 @@ from services.script.handlers import ScriptGeneration
 from services.script.providers import GeminiScriptWriter, LocalScriptWriter, ScriptWriter
 from vividly.breakers import gemini_breaker
 from vividly.config import RETRIEVED, SCRIPTED
-from vividly.ledger import PgLedger
-from vividly.service import Built, Deps, run
-from vividly.stage import Stage, StageRunner
+from vividly.runtime.ledger import PgLedger
+from vividly.runtime.service import Built, Deps, run
+from vividly.runtime.stage import Stage, StageRunner
 
 
 async def build(deps: Deps) -> Built:
@@ -18,10 +18,12 @@ async def build(deps: Deps) -> Built:
         if deps.settings.providers == "null"
         else GeminiScriptWriter(deps.settings)
     )
-    work = ScriptGeneration(writer)
+    # The composition root pairs the breaker with the stage: the handler calls through it,
+    # the Stage pauses input while it is open.
+    work = ScriptGeneration(writer, breaker=gemini_breaker)
     runner = StageRunner(
         tracker=deps.tracker,
-        stages=[Stage("script_generation", work, breakers=(gemini_breaker,))],
+        stages=[Stage("script_generation", work, breakers=(work.breaker,))],
         settings=deps.settings,
         input_topic=RETRIEVED,
         next_topic=SCRIPTED,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from emulators.gemini import write_script
-from vividly.clients import ProviderError, classify, genai_client
 from vividly.config import Settings
+from vividly.errors import ProviderError, classify
+from vividly.localgen import write_script
+from vividly.runtime.clients import genai_client
 
 
 class ScriptWriter(Protocol):

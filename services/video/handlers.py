@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pybreaker import CircuitBreaker
+
 from services.video.providers import Storage, Thumbnailer, VideoAPI
-from vividly.breakers import cdn_breaker, guarded, nano_banana_breaker
-from vividly.clients import ProviderError
+from vividly.errors import ProviderError
 from vividly.events import WorkItem
-from vividly.stage import StageContext
+from vividly.runtime.stage import StageContext
 
 #: How far past the estimated end (as a share of the time elapsed) the last poll aims.
 DONE_MARGIN = 0.01
@@ -33,6 +34,7 @@ class VideoGeneration:
     def __init__(
         self,
         api: VideoAPI,
+        breaker: CircuitBreaker,
         poll_interval_s: float,
         timeout_s: float,
         first_poll_s: float = 0.2,
@@ -40,6 +42,7 @@ class VideoGeneration:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.api = api
+        self.breaker = breaker  # the video API's
         self.poll_interval_s = poll_interval_s  # the longest wait between two polls
         self.first_poll_s = min(first_poll_s, poll_interval_s)
         self.timeout_s = timeout_s
@@ -55,8 +58,8 @@ class VideoGeneration:
         key = f"{item.request_id}:{ctx.attempt}"
         ctx.log("api_call", "Calling Nano Banana API for video generation")
         submitted = self.clock()
-        job_id = await guarded(
-            nano_banana_breaker,
+        job_id = await ctx.guarded(
+            self.breaker,
             lambda: self.api.submit(
                 script, item.request.duration_minutes, item.request.topic, key, headers
             ),
@@ -69,7 +72,7 @@ class VideoGeneration:
         while True:
             # A job just submitted is not done: the first look is after first_poll_s.
             await self.sleep(wait)
-            status = await guarded(nano_banana_breaker, lambda: self.api.status(job_id, headers))
+            status = await ctx.guarded(self.breaker, lambda: self.api.status(job_id, headers))
             state = status.get("status")
             if state == "completed":
                 return {"job_id": job_id, "video_url": status["video_url"]}
@@ -112,10 +115,18 @@ class VideoGeneration:
 
 class VideoProcessing:
     def __init__(
-        self, api: VideoAPI, storage: Storage, thumbnailer: Thumbnailer, concurrency: int = 32
+        self,
+        api: VideoAPI,
+        storage: Storage,
+        thumbnailer: Thumbnailer,
+        api_breaker: CircuitBreaker,
+        cdn_breaker: CircuitBreaker,
+        concurrency: int = 32,
     ) -> None:
         self.api = api
         self.storage = storage
+        self.api_breaker = api_breaker  # downloads come from the video API
+        self.cdn_breaker = cdn_breaker
         self.thumbnailer = thumbnailer
         # Videos are held in memory while processed: bound how many at once.
         self.slots = asyncio.Semaphore(concurrency)
@@ -128,15 +139,16 @@ class VideoProcessing:
         gen = ctx.output_of("video_generation")
         headers = ctx.headers()
         rid = item.request_id
-        video = await guarded(
-            nano_banana_breaker, lambda: self.api.download(gen["video_url"], headers)
+        video = await ctx.guarded(
+            self.api_breaker, lambda: self.api.download(gen["video_url"], headers)
         )
         thumb = await self.thumbnailer.thumbnail(video)
-        cdn_url = await guarded(
-            cdn_breaker, lambda: self.storage.upload(f"{rid}.mp4", video, "video/mp4", headers)
+        cdn_url = await ctx.guarded(
+            self.cdn_breaker, lambda: self.storage.upload(f"{rid}.mp4", video, "video/mp4", headers)
         )
-        thumb_url = await guarded(
-            cdn_breaker, lambda: self.storage.upload(f"{rid}.jpg", thumb, "image/jpeg", headers)
+        thumb_url = await ctx.guarded(
+            self.cdn_breaker,
+            lambda: self.storage.upload(f"{rid}.jpg", thumb, "image/jpeg", headers),
         )
         ctx.log("video_uploaded", f"Video uploaded to CDN: {cdn_url}")
         return {

@@ -19,9 +19,9 @@ from services.video.providers import (
 )
 from vividly.breakers import cdn_breaker, nano_banana_breaker
 from vividly.config import RENDERED, SCRIPTED
-from vividly.ledger import PgLedger
-from vividly.service import Built, Deps, run
-from vividly.stage import Stage, StageRunner
+from vividly.runtime.ledger import PgLedger
+from vividly.runtime.service import Built, Deps, run
+from vividly.runtime.stage import Stage, StageRunner
 
 
 async def build(deps: Deps) -> Built:
@@ -38,18 +38,25 @@ async def build(deps: Deps) -> Built:
         if s.s3_endpoint_url:
             await asyncio.to_thread(s3.ensure_bucket)
         api, storage, thumbnailer = http, s3, FfmpegThumbnailer()
+    generation = VideoGeneration(
+        api, nano_banana_breaker, s.video_poll_interval_s, s.video_timeout_s
+    )
+    processing = VideoProcessing(
+        api,
+        storage,
+        thumbnailer,
+        api_breaker=nano_banana_breaker,
+        cdn_breaker=cdn_breaker,
+        concurrency=s.video_processing_concurrency,
+    )
     runner = StageRunner(
         tracker=deps.tracker,
         stages=[
-            Stage(
-                "video_generation",
-                VideoGeneration(api, s.video_poll_interval_s, s.video_timeout_s),
-                breakers=(nano_banana_breaker,),
-            ),
+            Stage("video_generation", generation, breakers=(generation.breaker,)),
             Stage(
                 "video_processing",
-                VideoProcessing(api, storage, thumbnailer, s.video_processing_concurrency),
-                breakers=(nano_banana_breaker, cdn_breaker),
+                processing,
+                breakers=(processing.api_breaker, processing.cdn_breaker),
             ),
         ],
         settings=s,

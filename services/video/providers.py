@@ -17,8 +17,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from vividly.clients import ProviderError, classify
 from vividly.config import Settings
+from vividly.errors import ProviderError, classify
 from vividly.media import FfmpegError, ffmpeg
 
 # Headers for the S3 call being made in this context (boto3 runs in a worker thread;

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from vividly.stack import free_port
+from vividly.platform.stack import free_port
 
 
 @contextmanager

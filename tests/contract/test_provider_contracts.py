@@ -32,9 +32,9 @@ from services.video.providers import (
     VideoAPI,
 )
 from tests.contract.servers import serving
-from vividly.clients import ProviderError
 from vividly.config import Settings
-from vividly.stack import ROOT, _spawn, free_port, stop_pid, wait_for_port
+from vividly.errors import ProviderError
+from vividly.platform.stack import ROOT, _spawn, free_port, stop_pid, wait_for_port
 
 HEADERS = {
     "X-Correlation-ID": "c0ffee00-0000-4000-8000-000000000001",

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import BROKERS, BrokerPool
 from tests.integration.kafka_util import make_topics, read_topic
 from vividly.config import Settings
+from vividly.platform.stack import free_port
 from vividly.publish import KafkaPublisher, Publisher
-from vividly.stack import free_port
 from vividly.testing import FakePublisher
 
 

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from services.video.providers import HttpVideoAPI
 from tests.contract.servers import serving
-from vividly.clients import ProviderError
 from vividly.config import Settings
+from vividly.errors import ProviderError
 
 KEY = "video-key-0123456789abcdef0123456789"
 

@@ -17,8 +17,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from vividly import metrics
-from vividly.cli import build_parser
 from vividly.config import Settings
+from vividly.platform.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / ".cache" / "compose_spec.json"

@@ -21,12 +21,31 @@ def test_the_guide_has_examples() -> None:
     assert len(python_blocks(GUIDE.read_text())) >= 8
 
 
+def test_the_guide_imports_only_the_public_surface() -> None:
+    """A service author reads the guide: every name it imports from us is in the public
+    surface (``vividly.__all__``, or ``vividly.runtime.__all__`` for the loop and the
+    stage runner), never from a module path inside a layer."""
+    import vividly
+    import vividly.runtime
+
+    surfaces = {"vividly": set(vividly.__all__), "vividly.runtime": set(vividly.runtime.__all__)}
+    found = 0
+    for block in python_blocks(GUIDE.read_text()):
+        for module, names in re.findall(r"^from (vividly[\w.]*) import ([\w, ]+)$", block, re.M):
+            found += 1
+            assert module in surfaces, f"the guide imports from {module}"
+            missing = {n.strip() for n in names.split(",")} - surfaces[module]
+            assert not missing, f"{missing} are not in {module}.__all__"
+        assert "import vividly." not in block
+    assert found >= 4
+
+
 @pytest.mark.integration
 def test_every_example_in_the_guide_runs(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIVIDLY_KAFKA_BOOTSTRAP", broker.bootstrap)
     monkeypatch.setenv("VIVIDLY_TOPIC_PARTITIONS", "1")
-    from vividly.bus import ensure_topics
     from vividly.config import TRACKING_TOPIC
+    from vividly.runtime.bus import ensure_topics
 
     ensure_topics(broker.settings(), {TRACKING_TOPIC: 3})
     namespace: dict[str, object] = {"__name__": "guide"}

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from vividly.bus import ensure_topics
 from vividly.config import Settings
+from vividly.runtime.bus import ensure_topics
 
 
 def read_topic(

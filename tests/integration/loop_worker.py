@@ -16,11 +16,12 @@ import os
 import random
 import sys
 
-from vividly.bus import ConsumerLoop, Delivery, Outgoing, PermanentError
 from vividly.config import Settings
+from vividly.errors import PermanentError
 from vividly.events import WorkItem
 from vividly.logs import configure_logging
-from vividly.publish import KafkaPublisher
+from vividly.publish import KafkaPublisher, Outgoing
+from vividly.runtime.bus import ConsumerLoop, Delivery
 
 
 def main(argv: list[str] | None = None) -> int:

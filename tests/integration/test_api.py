@@ -14,10 +14,10 @@ import pytest
 from confluent_kafka import Consumer
 
 from tests.readside import SECRET, ReadSide, make_request, side, visible, wait_for
-from vividly.auth import mint
 from vividly.config import RETRIEVED, STAGES, Settings
 from vividly.events import WorkItem
 from vividly.readside import ApiStatusReader
+from vividly.runtime.auth import mint
 from vividly.tracker import RequestTracker
 
 pytestmark = pytest.mark.integration

@@ -18,10 +18,10 @@ import pytest
 from tests.conftest import Broker, fresh_database
 from tests.integration.test_projector import publish_mix
 from tests.integration.test_tracker_events import FULL_RUN
-from vividly.bus import ensure_topics
-from vividly.cli import main
 from vividly.config import TRACKING_TOPIC
-from vividly.db import migrate
+from vividly.platform.cli import main
+from vividly.runtime.bus import ensure_topics
+from vividly.runtime.db import migrate
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from vividly.stack import EmbeddedPostgres, free_port
+from vividly.platform.stack import EmbeddedPostgres, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import uuid
 import asyncpg
 import pytest
 
-from vividly.db import migrate
-from vividly.ledger import IngestLedger, NotificationLedger, PgLedger, create_pool
-from vividly.stage import Recorded
+from vividly.runtime.db import migrate
+from vividly.runtime.ledger import IngestLedger, NotificationLedger, PgLedger, create_pool
+from vividly.runtime.stage import Recorded
 
 pytestmark = pytest.mark.integration
 

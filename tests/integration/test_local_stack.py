@@ -16,8 +16,8 @@ import pytest
 
 from tests.integration.kafka_util import read_topic
 from vividly.config import STAGE_TOPICS, TRACKING_TOPIC, Settings
+from vividly.platform.stack import free_port, pid_alive
 from vividly.publish import KafkaPublisher
-from vividly.stack import free_port, pid_alive
 from vividly.tracker import RequestTracker
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def vividly(
     env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vividly.cli", *args],
+        [sys.executable, "-m", "vividly.platform.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -123,7 +123,7 @@ def test_up_detach_status_second_up_and_down(stack_env: dict[str, str]) -> None:
 
 def test_foreground_up_stops_everything_on_ctrl_c(stack_env: dict[str, str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vividly.cli", "up", "--infra-only"],
+        [sys.executable, "-m", "vividly.platform.cli", "up", "--infra-only"],
         cwd=ROOT,
         env=stack_env,
         stdout=subprocess.PIPE,

@@ -23,8 +23,8 @@ from tests.conftest import Broker
 from tests.integration.kafka_util import make_topics
 from tests.integration.test_projector import events_in, fold_until, publish_mix
 from vividly.config import Settings
-from vividly.db import migrate
 from vividly.events import ENVELOPE_TYPE, H_TYPE, Envelope
+from vividly.runtime.db import migrate
 
 pytestmark = pytest.mark.integration
 
@@ -252,8 +252,8 @@ def test_a_fold_that_cannot_reach_its_targets_says_so_instead_of_swapping(
 def test_publish_acked_refuses_what_the_broker_did_not_acknowledge() -> None:
     """What makes POST /api/v1/requests answer 503 instead of a 202 for nothing."""
     from services.projector.api.commands import PublishFailed, publish_acked
+    from vividly.platform.stack import free_port
     from vividly.publish import KafkaPublisher
-    from vividly.stack import free_port
 
     dead = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", delivery_timeout_ms=1000)
     pub = KafkaPublisher(dead, "api-dead")

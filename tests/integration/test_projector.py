@@ -18,9 +18,9 @@ from tests.conftest import Broker
 from tests.integration.kafka_util import make_topics
 from tests.integration.test_tracker_events import FULL_RUN, run_one_request
 from vividly.config import Settings
-from vividly.db import migrate
 from vividly.events import WorkItem
 from vividly.publish import KafkaPublisher
+from vividly.runtime.db import migrate
 from vividly.tracker import RequestTracker
 
 pytestmark = pytest.mark.integration

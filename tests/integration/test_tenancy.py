@@ -16,9 +16,9 @@ from tests.conftest import BrokerPool
 from tests.integration.kafka_util import read_topic
 from tests.integration.test_api import SSE
 from tests.readside import SECRET, ReadSide, make_request, read_side, side, visible, wait_for
-from vividly.auth import mint
 from vividly.config import SUBMITTED
 from vividly.events import WorkItem
+from vividly.runtime.auth import mint
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.video.providers import FfmpegThumbnailer
-from vividly.clients import ProviderError
+from vividly.errors import ProviderError
 
 pytestmark = pytest.mark.integration
 

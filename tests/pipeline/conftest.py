@@ -19,12 +19,12 @@ from confluent_kafka import Consumer
 from google.protobuf.message import DecodeError
 
 from tests.conftest import BrokerPool, fresh_database
-from vividly.bus import ensure_topics
 from vividly.config import DLQ_TOPIC, STAGE_TOPICS, TRACKING_TOPIC, Settings
-from vividly.db import migrate
 from vividly.events import Envelope, decode_envelope, event_type_name
-from vividly.pipeline import Pipeline, PipelinePorts, load_corpus_sync
+from vividly.platform.pipeline import Pipeline, PipelinePorts, load_corpus_sync
 from vividly.publish import KafkaPublisher
+from vividly.runtime.bus import ensure_topics
+from vividly.runtime.db import migrate
 from vividly.submit import submit_request
 from vividly.tracker import RequestTracker
 

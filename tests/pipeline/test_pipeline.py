@@ -366,7 +366,7 @@ def test_every_service_serves_metrics_that_move_when_work_flows(harness: Harness
     moved("projector", "vividly_projector_batch_seconds_count", 1)
     # The API times its routes by template (no request ids in labels).
     from tests.pipeline.conftest import API_SECRET
-    from vividly.auth import mint
+    from vividly.runtime.auth import mint
 
     token = mint(API_SECRET, role="admin", sub="sre")
     req = urllib.request.Request(
@@ -402,7 +402,7 @@ def test_prometheus_scrapes_the_stack_with_our_config_and_rules(
 
     import yaml
 
-    from vividly.stack import free_port, stop_pid
+    from vividly.platform.stack import free_port, stop_pid
 
     h = harness
     binary = shutil.which("prometheus")
@@ -497,7 +497,7 @@ def test_read_model_matches_the_log_and_an_api_retry_completes_a_failed_request(
     import httpx
 
     from tests.pipeline.conftest import API_SECRET
-    from vividly.auth import mint
+    from vividly.runtime.auth import mint
 
     h = harness
     api = httpx.Client(

@@ -11,7 +11,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from vividly.auth import AuthError, Principal, WeakSecret, check_secret, mint, verify
+from vividly.runtime.auth import AuthError, Principal, WeakSecret, check_secret, mint, verify
 
 SECRET = "unit-secret-0123456789abcdef0123456789abcdef"
 

@@ -17,7 +17,7 @@ from vividly.breakers import (
     publish_breaker_events,
     reset_all,
 )
-from vividly.clients import ProviderError
+from vividly.errors import ProviderError
 from vividly.testing import FakePublisher
 from vividly.tracker import RequestTracker
 
@@ -117,7 +117,7 @@ def test_half_open_trial_success_closes_it() -> None:
 def test_every_state_change_updates_the_breaker_metrics() -> None:
     from prometheus_client import REGISTRY
 
-    from vividly.metrics import install_breaker_metrics
+    from vividly.breakers import install_breaker_metrics
 
     install_breaker_metrics()
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from vividly.cli import main
+from vividly.platform.cli import main
 
 
 def test_a_bad_flag_prints_usage_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:

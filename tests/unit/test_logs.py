@@ -11,7 +11,7 @@ def test_log_lines_are_one_json_object_with_request_and_correlation_ids() -> Non
     token = log_context.set({"request_id": "r-1", "correlation_id": "c-1"})
     try:
         record = logging.LogRecord(
-            "vividly.bus", logging.WARNING, __file__, 1, "retrying %s", ("gemini",), None
+            "vividly.runtime.bus", logging.WARNING, __file__, 1, "retrying %s", ("gemini",), None
         )
         record.attempt = 2
         line = fmt.format(record)

@@ -9,10 +9,11 @@ import orjson
 
 from services.notify.handlers import MemorySendLedger, Notifier, NotifyHandler
 from services.notify.providers import MemoryMailer
-from vividly.bus import Delivery
+from vividly.breakers import smtp_breaker
 from vividly.config import Settings
 from vividly.events import MessageHeaders, WorkItem
-from vividly.stage import MemoryLedger, Stage, StageRunner
+from vividly.runtime.bus import Delivery
+from vividly.runtime.stage import MemoryLedger, Stage, StageRunner
 from vividly.testing import FakePublisher
 from vividly.tracker import RequestTracker
 
@@ -29,14 +30,14 @@ def setup() -> tuple[NotifyHandler, MemoryMailer, FakePublisher]:
     pub = FakePublisher()
     tracker = RequestTracker(pub)
     mailer = MemoryMailer()
-    notifier = Notifier(mailer, MemorySendLedger(), "Vividly <noreply@vividly.edu>")
+    notifier = Notifier(mailer, MemorySendLedger(), "Vividly <noreply@vividly.edu>", smtp_breaker)
     runner = StageRunner(
         tracker=tracker,
         settings=Settings(),
         input_topic="requests.rendered",
         next_topic=None,
         ledger=MemoryLedger(),
-        stages=[Stage("notification", notifier.content_ready)],
+        stages=[Stage("notification", notifier.content_ready, breakers=(notifier.breaker,))],
     )
     return NotifyHandler(runner, notifier, tracker, "x"), mailer, pub
 
@@ -84,7 +85,7 @@ def test_a_claim_left_by_a_sender_that_died_before_sending_is_taken_after_its_le
     now = [0.0]
     ledger = MemorySendLedger(lease_s=60.0, clock=lambda: now[0])
     mailer = MemoryMailer()
-    notifier = Notifier(mailer, ledger, "x", claim_poll_s=0.001)
+    notifier = Notifier(mailer, ledger, "x", smtp_breaker, claim_poll_s=0.001)
     item = ready_item()
     # The process that died: it claimed, and never sent or released.
     assert asyncio.run(ledger.claim("r1", "content_ready", "<r1.content_ready@vividly.edu>", "a"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vividly.pipeline import Pipeline, PipelinePorts
+from vividly.platform.pipeline import Pipeline, PipelinePorts
 
 
 def test_the_users_settings_reach_the_services_and_the_stacks_addresses_win(

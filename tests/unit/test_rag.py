@@ -15,9 +15,10 @@ from services.rag.providers import (
     load_corpus,
     load_into_postgres,
 )
-from vividly.clients import ProviderError
+from vividly.breakers import gemini_breaker
+from vividly.errors import ProviderError
 from vividly.events import WorkItem
-from vividly.stage import StageContext
+from vividly.runtime.stage import StageContext
 from vividly.testing import FakePublisher
 from vividly.tracker import RequestTracker
 
@@ -44,7 +45,7 @@ def setup() -> tuple[Retrieval, HashEmbedder, FakePublisher, RequestTracker]:
     pub = FakePublisher()
     tracker = RequestTracker(pub)
     return (
-        Retrieval(embedder, MemoryRetriever(load_corpus()), TTLCache(60), 5),
+        Retrieval(embedder, MemoryRetriever(load_corpus()), TTLCache(60), gemini_breaker, 5),
         embedder,
         pub,
         tracker,

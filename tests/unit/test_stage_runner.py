@@ -11,11 +11,11 @@ import pybreaker
 import pytest
 
 from vividly.breakers import CircuitOpen
-from vividly.bus import Delivery
-from vividly.clients import ProviderError
 from vividly.config import DLQ_TOPIC, RENDERED, Settings
+from vividly.errors import ProviderError
 from vividly.events import MessageHeaders, WorkItem
-from vividly.stage import H_NOT_BEFORE, MemoryLedger, Stage, StageContext, StageRunner
+from vividly.runtime.bus import Delivery
+from vividly.runtime.stage import H_NOT_BEFORE, MemoryLedger, Stage, StageContext, StageRunner
 from vividly.testing import FakePublisher
 from vividly.tracker import RequestTracker
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from services.projector.api.stream import Frame, Hub, StreamFilter, TooManyClients
-from vividly.auth import Principal
+from vividly.runtime.auth import Principal
 
 
 def frame(seq: int) -> Frame:

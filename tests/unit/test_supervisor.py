@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from vividly.stack import Managed
-from vividly.supervisor import Supervisor, Watched
+from vividly.platform.stack import Managed
+from vividly.platform.supervisor import Supervisor, Watched
 
 
 class FakeProc:
@@ -70,7 +70,7 @@ def test_an_exited_process_is_restarted_with_doubling_backoff_and_others_are_lef
 
 
 def test_a_restart_that_fails_is_tried_again_later() -> None:
-    from vividly.stack import StackError
+    from vividly.platform.stack import StackError
 
     now = [0.0]
     tries = [0]

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.ingest.handlers import InvalidRequest, normalise_grade, validate
+from services.ingest.handlers import InvalidRequest, validate
 from vividly.events import WorkItem
+from vividly.rules import normalise_grade
 
 
 def request(**fields: object) -> WorkItem:

@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from services.video.handlers import VideoGeneration
+from vividly.breakers import nano_banana_breaker
 from vividly.events import WorkItem
-from vividly.stage import StageContext
+from vividly.runtime.stage import StageContext
 from vividly.testing import FakePublisher
 from vividly.tracker import RequestTracker
 
@@ -61,7 +62,7 @@ def run(api: TimedJobs, clock: Clock, interval: float = 3.0) -> dict[str, Any]:
     item = WorkItem(request_id="r1", correlation_id="c1", stage="video_generation", attempt=1)
     item.outputs_json["script_generation"] = orjson.dumps({"script": "Lava flows."})
     ctx = StageContext(RequestTracker(FakePublisher()), item, "video_generation", 1)
-    gen = VideoGeneration(api, interval, 600.0, clock=clock, sleep=clock.sleep)
+    gen = VideoGeneration(api, nano_banana_breaker, interval, 600.0, clock=clock, sleep=clock.sleep)
     return asyncio.run(gen(item, ctx))
 
 

@@ -3,17 +3,16 @@ updating the read model): submit a request, retry a failed one from its failed s
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from services.projector.api import views
 from services.projector.store import LIVE_SCHEMA, quote_ident
-from vividly.bus import Outgoing
 from vividly.config import STAGE_INPUT_TOPICS
 from vividly.events import WorkItem
-from vividly.publish import KafkaPublisher
+from vividly.publish import DeliveryFailed, KafkaPublisher, Outgoing
+from vividly.publish import publish_acked as acked
 from vividly.tracker import Captured, RequestTracker
 
 S = quote_ident(LIVE_SCHEMA)
@@ -35,38 +34,16 @@ class RetryAccepted:
     requested_by: str
 
 
-class PublishFailed(RuntimeError):
-    """The broker did not acknowledge a message (failed, or not in time): answer 503."""
+#: The broker did not acknowledge a message (failed, or not in time): answer 503.
+PublishFailed = DeliveryFailed
 
 
 async def publish_acked(
     publisher: KafkaPublisher, messages: Sequence[Captured], timeout: float = 15.0
 ) -> None:
-    """Publish ``messages`` and wait for each one's own delivery report; raise
-    PublishFailed unless the broker acknowledged every one. (Per message, not the
-    producer's watermark: one old failure must not fail every later call.)"""
-    loop = asyncio.get_running_loop()
-    futs: list[asyncio.Future[str | None]] = []
-    for topic, key, value, headers in messages:
-        fut: asyncio.Future[str | None] = loop.create_future()
-
-        def done(err: Any, _msg: Any, fut: asyncio.Future[str | None] = fut) -> None:
-            loop.call_soon_threadsafe(_settle, fut, None if err is None else str(err))
-
-        publisher.publish(topic, key, value, list(headers), on_delivery=done)
-        futs.append(fut)
-    try:
-        errors = await asyncio.wait_for(asyncio.gather(*futs), timeout)
-    except TimeoutError as exc:
-        raise PublishFailed(f"the event log did not acknowledge within {timeout:.0f} s") from exc
-    failed = [e for e in errors if e is not None]
-    if failed:
-        raise PublishFailed(f"the event log refused {len(failed)} message(s): {failed[0]}")
-
-
-def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
-    if not fut.done():
-        fut.set_result(error)
+    """Publish ``messages`` and wait for each one's own acknowledgement, at most
+    ``timeout`` seconds (:func:`vividly.publish.publish_acked`)."""
+    await acked(publisher, messages, timeout)
 
 
 async def retry_failed(
@@ -114,9 +91,7 @@ async def retry_failed(
             "retry_in_progress", f"attempt {item.attempt} of {failed_stage} was already requested"
         )
     tracker.bind(rid, item.correlation_id)
-    out = Outgoing.of(
-        STAGE_INPUT_TOPICS[failed_stage], rid, item, item.correlation_id, item.traceparent
-    )
+    out = Outgoing.work_item(STAGE_INPUT_TOPICS[failed_stage], item)
     try:
         with tracker.capturing() as events:
             tracker.request_retried(rid, failed_stage, requested_by, item.attempt)

@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from services.projector.api.stream import Hub
-from vividly.auth import AuthError, Principal, verify
 from vividly.config import Settings
 from vividly.publish import KafkaPublisher
+from vividly.runtime.auth import AuthError, Principal, verify
 from vividly.tracker import RequestTracker
 
 

@@ -32,12 +32,12 @@ from services.projector.api.security import (
 )
 from services.projector.api.stream import Hub
 from vividly import metrics
-from vividly.auth import WeakSecret, check_secret
-from vividly.bus import ensure_topics
-from vividly.config import STAGE_TOPICS, TRACKING_TOPIC, Settings
-from vividly.db import migrate
+from vividly.config import Settings, topic_plan
 from vividly.logs import configure_logging
 from vividly.publish import KafkaPublisher
+from vividly.runtime.auth import WeakSecret, check_secret
+from vividly.runtime.bus import ensure_topics
+from vividly.runtime.db import migrate
 from vividly.tracker import RequestTracker
 
 log = logging.getLogger("vividly.api")
@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(
             ensure_topics,
             settings,
-            {t: settings.topic_partitions for t in (*STAGE_TOPICS, TRACKING_TOPIC)},
+            topic_plan(settings),
         )
         pool = await asyncpg.create_pool(url, min_size=2, max_size=settings.api_db_pool_size)
         hub = Hub(

@@ -31,7 +31,7 @@ from starlette.types import Send
 
 from services.projector.store import LIVE_SCHEMA, NOTIFY_CHANNEL, quote_ident
 from vividly import metrics
-from vividly.auth import Principal
+from vividly.runtime.auth import Principal
 
 log = logging.getLogger("vividly.api.stream")
 #: The LISTEN connection's name in pg_stat_activity.

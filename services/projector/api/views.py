@@ -1,6 +1,6 @@
 """Read-side queries: plain SQL over the denormalised read model (cosmicpython views.py).
 
-Every function takes the caller's :class:`~vividly.auth.Principal` and limits rows to its
+Every function takes the caller's :class:`~vividly.runtime.auth.Principal` and limits rows to its
 scope in SQL. Timestamps are returned as ISO 8601 strings.
 """
 
@@ -14,8 +14,9 @@ import orjson
 
 from services.projector.fold import ACTIVE, N_BUCKETS, MetricDelta, bucket_time, percentiles
 from services.projector.store import LIVE_SCHEMA, quote_ident
-from vividly.auth import Principal
 from vividly.config import STAGES
+from vividly.rules import ID_CHARS
+from vividly.runtime.auth import Principal
 
 STATUSES = ("queued", "running", "waiting", "completed", "failed")
 _STAGE_ORDER = {s: i for i, s in enumerate(STAGES)}
@@ -58,7 +59,7 @@ def _row(record: Any) -> dict[str, Any]:
 #: A page cursor: the last row's created_at (microseconds since the epoch) and its
 #: request id. Every string of this form is a position, so the schema states exactly
 #: which cursors are valid; it holds nothing the caller has not been shown.
-CURSOR_PATTERN = r"^[0-9]{1,17}_[A-Za-z0-9_.:@-]{1,128}$"
+CURSOR_PATTERN = rf"^[0-9]{{1,17}}_{ID_CHARS}{{1,128}}$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 
 

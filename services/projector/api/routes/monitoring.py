@@ -12,16 +12,15 @@ from services.projector.api import views
 from services.projector.api.deps import Caller, Conn, Reader, State, errors
 from services.projector.api.stream import EventStreamResponse, StreamFilter, TooManyClients
 from vividly.config import STAGES
+from vividly.rules import ID_PATTERN, REQUEST_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"], responses=errors(401, 422))
 
 StatusFilter = Literal["active", "all", "queued", "running", "waiting", "completed", "failed"]
 #: Sequence numbers and offsets are Postgres bigints.
 SEQ_MAX = 2**63 - 1
-ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
-RequestId = Annotated[
-    str, Path(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$", description="A request id (UUID)")
-]
+ID = ID_PATTERN
+RequestId = Annotated[str, Path(pattern=REQUEST_ID_PATTERN, description="A request id (UUID)")]
 
 
 def _not_found(request_id: str) -> HTTPException:
@@ -154,7 +153,7 @@ async def stream(
     request: Request,
     who: Reader,
     state: State,
-    request_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")] = None,
+    request_id: Annotated[str | None, Query(pattern=REQUEST_ID_PATTERN)] = None,
     organization_id: Annotated[str | None, Query(pattern=ID)] = None,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,19}$")

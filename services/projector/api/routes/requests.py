@@ -17,14 +17,6 @@ from pydantic import (
     field_validator,
 )
 
-from services.ingest.handlers import (
-    DURATION_MAX,
-    DURATION_MIN,
-    OBJECTIVE_MAX,
-    TOPIC_MAX,
-    TOPIC_MIN,
-    normalise_grade,
-)
 from services.projector.api import views
 from services.projector.api.commands import (
     PublishFailed,
@@ -33,15 +25,24 @@ from services.projector.api.commands import (
     retry_failed,
 )
 from services.projector.api.deps import Caller, Conn, State, errors
-from vividly.auth import EMAIL_PATTERN, Principal
 from vividly.config import STAGES
+from vividly.rules import (
+    DURATION_MAX,
+    DURATION_MIN,
+    ID_PATTERN,
+    OBJECTIVE_MAX,
+    REQUEST_ID_PATTERN,
+    TOPIC_MAX,
+    TOPIC_MIN,
+    normalise_grade,
+)
+from vividly.runtime.auth import EMAIL_PATTERN, Principal
 from vividly.submit import build_submission
 
 router = APIRouter(
     prefix="/api/v1/requests", tags=["requests"], responses=errors(400, 401, 403, 413, 422, 503)
 )
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
 # Text the pipeline can carry and Postgres can store: no control characters (tab, CR and
 # LF aside in free text), and printable at both ends of a topic. Each pattern is what the
 # validation checks, so the OpenAPI schema says exactly what is accepted.
@@ -212,7 +213,7 @@ async def submit(
     responses=errors(404, 409),
 )
 async def retry(
-    request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")],
+    request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN)],
     who: Caller,
     state: State,
     conn: Conn,

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from vividly.stage import Recorded
+from vividly.runtime.stage import Recorded
 
 #: A stage attempt: (request_id, stage, attempt).
 Key = tuple[str, str, int]
@@ -77,7 +77,7 @@ class GroupWriter(Generic[K, V, R]):
 
 
 class PgLedger:
-    """:class:`vividly.stage.Ledger` on ``vividly.stage_ledger``: lookups and records
+    """:class:`vividly.runtime.stage.Ledger` on ``vividly.stage_ledger``: lookups and records
     both group-committed (one statement for all the calls that arrived meanwhile)."""
 
     # No join against the ledger: with a few thousand rows the planner would rather

@@ -27,19 +27,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pybreaker import CircuitBreaker
 
 from vividly import metrics
-from vividly.breakers import CircuitOpen, retry_at
-from vividly.bus import Delivery, Outgoing, RetryableError
+from vividly.breakers import CircuitOpen, guarded, retry_at
 from vividly.config import DLQ_TOPIC, RENDERED, STAGE_EXPECTED_S, STAGES, Settings
-from vividly.events import H_CORRELATION, H_TRACEPARENT, H_TYPE, WorkItem
+from vividly.errors import RetryPolicy, dead_letter, is_retryable
+from vividly.events import WorkItem
+from vividly.publish import Outgoing
+from vividly.runtime.bus import Delivery
 from vividly.tracker import Captured, RequestTracker
 
-log = logging.getLogger("vividly.stage")
+log = logging.getLogger("vividly.runtime.stage")
+T = TypeVar("T")
 
 H_NOT_BEFORE = "vividly-not-before-ms"
 
@@ -109,14 +112,35 @@ class MemoryLedger:
         return self.rows.setdefault((request_id, stage, attempt), recorded)
 
 
+class UnpairedBreaker(TypeError):
+    """A stage's work called through a breaker its :class:`Stage` does not list: when that
+    breaker opened, items would be held while input kept flowing. A wiring bug of the
+    service's composition root (``main.py``), reported on the first call."""
+
+    is_retryable = False
+
+
 @dataclass
 class StageContext:
-    """What a stage's work function gets besides the item: its tracker, ids, attempt."""
+    """What a stage's work function gets besides the item: its tracker, ids, attempt, and
+    the breakers its :class:`Stage` pairs it with (None: not checked, as in unit tests
+    that build a context by hand)."""
 
     tracker: RequestTracker
     item: WorkItem
     stage: str
     attempt: int
+    breakers: tuple[CircuitBreaker, ...] | None = None
+
+    async def guarded(self, breaker: CircuitBreaker, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` through ``breaker``, which must be one of the stage's own (the
+        ones whose opening pauses the stage's input)."""
+        if self.breakers is not None and breaker not in self.breakers:
+            raise UnpairedBreaker(
+                f"stage {self.stage} called through breaker {breaker.name!r}, which its Stage "
+                f"does not list ({', '.join(str(b.name) for b in self.breakers) or 'none'})"
+            )
+        return await guarded(breaker, call)
 
     @property
     def request_id(self) -> str:
@@ -167,13 +191,6 @@ class Stage:
     def __post_init__(self) -> None:
         if self.name not in STAGES:
             raise ValueError(f"unknown stage {self.name!r}")
-
-
-def is_retryable(exc: BaseException) -> bool:
-    flag = getattr(exc, "is_retryable", None)
-    if flag is not None:
-        return bool(flag)
-    return isinstance(exc, TimeoutError | ConnectionError | RetryableError)
 
 
 class StageRunner:
@@ -236,7 +253,7 @@ class StageRunner:
             current = self._advance(current, stage.name, orjson.loads(rec.output))
         if self.next_topic is None:
             return []
-        return [self._outgoing(self.next_topic, current)]
+        return [Outgoing.work_item(self.next_topic, current)]
 
     # -- one stage -------------------------------------------------------------------------
     async def _run(self, stage: Stage, item: WorkItem, last: bool) -> Recorded:
@@ -253,7 +270,7 @@ class StageRunner:
             )
             self.tracker.republish(done.events)
             return done
-        ctx = StageContext(self.tracker, item, stage.name, attempt)
+        ctx = StageContext(self.tracker, item, stage.name, attempt, stage.breakers)
         self.tracker.start_stage(rid, stage.name, attempt=attempt)
         started = time.perf_counter()
         watch = self._oldest[stage.name]
@@ -329,7 +346,8 @@ class StageRunner:
     ) -> list[Outgoing]:
         rid = item.request_id
         retryable = is_retryable(exc)
-        max_attempts = stage.max_attempts or self.settings.stage_max_attempts
+        policy = RetryPolicy.from_settings(self.settings, stage.max_attempts)
+        max_attempts = policy.max_attempts
         message = str(exc) or type(exc).__name__
         details = {
             "exception_type": type(exc).__name__,
@@ -347,8 +365,8 @@ class StageRunner:
             work_item=item,
             duration_ms=(time.perf_counter() - started) * 1000,
         )
-        if retryable and attempt < max_attempts:
-            delay = self._backoff(attempt)
+        if not policy.gives_up(attempt, exc):
+            delay = policy.delay(attempt, self.rng)
             due = time.time() + delay
             self.tracker.schedule_retry(rid, stage.name, attempt + 1, due, message)
             metrics.retries_scheduled.labels(stage.name).inc()
@@ -356,19 +374,20 @@ class StageRunner:
             retry.CopyFrom(item)
             retry.stage = stage.name
             retry.attempt = attempt + 1
-            out = self._outgoing(self.input_topic, retry)
+            out = Outgoing.work_item(self.input_topic, retry)
             out.headers.append((H_NOT_BEFORE, str(int(due * 1000)).encode()))
             return [out]
         reason = "retries_exhausted" if retryable else "non_retryable"
         self.tracker.fail_request(rid, message, stage.name, {**details, "reason": reason})
-        metrics.dlq_messages.labels(stage.name, reason).inc()
-        dead = self._outgoing(self.dlq_topic, item)
-        dead.headers.extend(
-            [
-                ("dlq-reason", reason.encode()),
-                ("dlq-detail", f"{stage.name}: {message}"[:4000].encode()),
-                ("dlq-stage", stage.name.encode()),
-            ]
+        plain = Outgoing.work_item(self.dlq_topic, item)
+        dead = dead_letter(
+            plain.topic,
+            plain.key,
+            plain.value,
+            plain.headers,
+            reason=reason,
+            detail=f"{stage.name}: {message}",
+            stage=stage.name,
         )
         failure = WorkItem()
         failure.CopyFrom(item)
@@ -376,13 +395,7 @@ class StageRunner:
         failure.attempt = 1
         failure.failure.stage = stage.name
         failure.failure.error_message = message
-        return [dead, self._outgoing(self.notify_topic, failure)]
-
-    def _backoff(self, attempt: int) -> float:
-        base: float = self.settings.retry_backoff_s * (2.0 ** (attempt - 1))
-        base = min(base, self.settings.retry_backoff_max_s)
-        jitter = self.settings.retry_jitter
-        return float(max(0.0, base * (1 + self.rng.uniform(-jitter, jitter))))
+        return [dead, Outgoing.work_item(self.notify_topic, failure)]
 
     async def _wait_until_due(self, delivery: Delivery) -> None:
         for key, value in delivery.headers.raw:
@@ -400,11 +413,3 @@ class StageRunner:
         nxt.stage = STAGES[following] if following < len(STAGES) else stage
         nxt.attempt = 1
         return nxt
-
-    def _outgoing(self, topic: str, item: WorkItem) -> Outgoing:
-        headers = [(H_TYPE, b"vividly.v1.WorkItem")]
-        if item.correlation_id:
-            headers.append((H_CORRELATION, item.correlation_id.encode()))
-        if item.traceparent:
-            headers.append((H_TRACEPARENT, item.traceparent.encode()))
-        return Outgoing(topic, item.request_id.encode(), item.SerializeToString(), headers)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import asyncpg
 
-log = logging.getLogger("vividly.db")
+log = logging.getLogger("vividly.runtime.db")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x76697669  # "vivi"
 

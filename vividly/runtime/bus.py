@@ -8,9 +8,11 @@ outputs (and every tracking event published meanwhile) are acknowledged by the b
 - Many messages are handled at once (``max_in_flight``), yet the offset committed for a
   partition never passes its oldest unfinished message: at-least-once, nothing skipped.
 - Messages with the same key are handled one after another, in offset order.
-- A message that cannot be decoded, has no handler, or whose handler raises anything but
-  :class:`RetryableError` goes to ``requests.dlq`` with the reason in its headers, and the
-  loop goes on. :class:`RetryableError` is retried with backoff, then dead-lettered.
+- What a failure means is :mod:`vividly.errors`'s to say (the one failure policy): an
+  outage of our own infrastructure is waited out; a retryable failure is tried again under
+  the :class:`~vividly.errors.RetryPolicy`, then dead-lettered; anything else, and a
+  message that cannot be decoded or has no handler, goes to ``requests.dlq`` with the
+  reason (:func:`~vividly.errors.dead_letter`), and the loop goes on.
 - SIGTERM/SIGINT (or :meth:`ConsumerLoop.stop`): stop taking messages, let those in
   flight finish (bounded by ``drain_timeout_s``), commit, close.
 """
@@ -25,7 +27,8 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from confluent_kafka import (
@@ -47,68 +50,27 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from vividly import metrics
-from vividly.config import DLQ_TOPIC, TRACKING_TOPIC, Settings
-from vividly.events import (
-    H_CORRELATION,
-    H_TRACEPARENT,
-    H_TYPE,
-    Envelope,
-    MessageHeaders,
-    WorkItem,
-)
+from vividly.config import DLQ_TOPIC, TRACKING_TOPIC, Settings, topic_plan
+from vividly.errors import RetryPolicy, dead_letter, is_outage, is_retryable
+from vividly.events import Envelope, MessageHeaders, WorkItem
 from vividly.logs import log_context
-from vividly.publish import CompletionWindow, Headers, Publisher
+from vividly.publish import (
+    CompletionWindow,
+    DeliveryFailed,
+    Outgoing,
+    Publisher,
+    delivered,
+    publish_acked,
+)
 from vividly.tracker import RequestContext, current_request
 
-log = logging.getLogger("vividly.bus")
+log = logging.getLogger("vividly.runtime.bus")
 
 #: Message types the loop can decode, by their ``vividly-type`` header.
 DECODERS: dict[str, type[ProtoMessage]] = {
     Envelope.DESCRIPTOR.full_name: Envelope,
     WorkItem.DESCRIPTOR.full_name: WorkItem,
 }
-
-
-class DeliveryFailed(RuntimeError):
-    """A message produced while handling an input was not acknowledged by the broker."""
-
-
-class RetryableError(Exception):
-    """A handler failure worth trying again (timeouts, 503s): retried with backoff."""
-
-    is_retryable = True
-
-
-class PermanentError(Exception):
-    """A handler failure that will not get better: the message is dead-lettered."""
-
-    is_retryable = False
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message a handler wants published once it has finished."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    headers: Headers = field(default_factory=list)
-
-    @classmethod
-    def of(
-        cls,
-        topic: str,
-        key: str,
-        message: ProtoMessage,
-        correlation_id: str = "",
-        traceparent: str = "",
-    ) -> Outgoing:
-        headers: Headers = [(H_TYPE, message.DESCRIPTOR.full_name.encode())]
-        if correlation_id:
-            headers.append((H_CORRELATION, correlation_id.encode()))
-        if traceparent:
-            headers.append((H_TRACEPARENT, traceparent.encode()))
-        return cls(topic, key.encode(), message.SerializeToString(), headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +223,7 @@ class ConsumerLoop:
         extra_consumer_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        self.policy = RetryPolicy.from_settings(settings)
         self.group_id = group_id
         self.topics = list(topics)
         self.publisher = publisher
@@ -269,9 +232,7 @@ class ConsumerLoop:
         self.dlq_topic = dlq_topic
         self.gates = list(gates)
         self.max_in_flight = max_in_flight or settings.max_in_flight
-        self.topic_partitions = {
-            t: settings.topic_partitions for t in [*self.topics, *produces, dlq_topic]
-        }
+        self.topic_partitions = topic_plan(settings, [*self.topics, *produces, dlq_topic])
         self.topic_partitions.update(topic_partitions or {})
         conf = consumer_config(settings, group_id, name)
         conf.update(extra_consumer_config or {})
@@ -329,7 +290,7 @@ class ConsumerLoop:
                 # flight carries on.
                 await self._set_paused(room <= 0 or not all(g() for g in self.gates))
                 batch = await self._call(
-                    _take, consumer, max(room, 1), 0.05 if self._tasks else 0.2
+                    take_batch, consumer, max(room, 1), 0.05 if self._tasks else 0.2
                 )
                 for msg in batch:
                     self._accept(msg)
@@ -457,53 +418,45 @@ class ConsumerLoop:
             )
             log_token = log_context.set({"request_id": request_id, "correlation_id": corr})
         try:
-            attempt = 0
+            attempt, outage = 1, 0
             while True:
-                attempt += 1
                 try:
                     outputs = await handler(delivery, decoded)
                     break
                 except Exception as exc:
-                    if is_transient(exc):
+                    if is_outage(exc):
                         # Not this message's fault (Postgres restarting, a connection
-                        # cut): wait and try again for as long as it takes; a transient
-                        # outage never dead-letters work.
-                        delay = min(
-                            5.0, self.settings.handler_retry_backoff_s * 2 ** min(attempt, 10)
-                        )
-                        if attempt == 1 or attempt % 10 == 0:
+                        # cut): wait and try again for as long as it takes; an outage
+                        # never dead-letters work and spends no attempt.
+                        outage += 1
+                        delay = self.policy.outage_delay(outage)
+                        if outage == 1 or outage % 10 == 0:
                             log.warning(
                                 "infrastructure unavailable; retrying the message",
-                                extra={"attempt": attempt, "delay_s": delay, "error": repr(exc)},
+                                extra={"attempt": outage, "delay_s": delay, "error": repr(exc)},
                             )
                         await asyncio.sleep(delay)
                         continue
-                    if not isinstance(exc, RetryableError):
+                    if self.policy.gives_up(attempt, exc):
+                        reason = "retries_exhausted" if is_retryable(exc) else "handler_error"
                         await self._dead_letter(
-                            msg, delivery.headers, "handler_error", f"{type(exc).__name__}: {exc}"
-                        )
-                        return
-                    if attempt >= self.settings.handler_max_attempts:
-                        await self._dead_letter(
-                            msg,
-                            delivery.headers,
-                            "retries_exhausted",
-                            f"{type(exc).__name__}: {exc}",
+                            msg, delivery.headers, reason, f"{type(exc).__name__}: {exc}"
                         )
                         return
                     self.stats.retried += 1
-                    delay = self.settings.handler_retry_backoff_s * (2 ** (attempt - 1))
+                    delay = self.policy.delay(attempt)
                     log.warning(
                         "handler failed, retrying",
                         extra={"attempt": attempt, "delay_s": delay, "error": str(exc)},
                     )
+                    attempt += 1
                     await asyncio.sleep(delay)
             if outputs and self.settings.causal_events:
                 # Every fact the handler published (tracking events) is durable before
                 # the next stage can see its input: a request's events stay causal.
                 await self._delivered(self.publisher.last_seq())
             for out in outputs or ():
-                await self._publish_durably(out.topic, out.key, out.value, out.headers)
+                await self._publish_durably(out)
             self.stats.handled += 1
         finally:
             if ctx_token is not None:
@@ -516,70 +469,45 @@ class ConsumerLoop:
         delivery (a tracking event lost after librdkafka's own retries) stops the loop:
         offsets are never committed past it, so after the restart the inputs whose
         events may be missing are redelivered, and their ledgers republish them."""
-        assert self._aio is not None
-        loop = self._aio
-        fut: asyncio.Future[str | None] = loop.create_future()
+        await delivered(self.publisher, seq)
 
-        def done(ok: bool) -> None:
-            loop.call_soon_threadsafe(_resolve, fut, None if ok else "failed")
-
-        self.publisher.when_delivered(seq, done)
-        if await fut is not None:
-            raise DeliveryFailed(
-                "a message published while handling this input was not delivered; "
-                "stopping so the input is redelivered"
-            )
-
-    async def _publish_durably(
-        self, topic: str, key: bytes, value: bytes, headers: Headers
-    ) -> None:
+    async def _publish_durably(self, out: Outgoing) -> None:
         """Publish and wait for the broker's acknowledgement. librdkafka has retried for
         ``delivery_timeout_ms`` by the time it reports a failure, and a failed delivery
         holds back every later commit (see :mod:`vividly.publish`), so a failure stops
         the loop and the input is redelivered; trying again here could not help."""
-        assert self._aio is not None
-        loop = self._aio
-        fut: asyncio.Future[str | None] = loop.create_future()
-
-        def done(err: Any, _msg: Any) -> None:
-            loop.call_soon_threadsafe(_resolve, fut, None if err is None else str(err))
-
-        self.publisher.publish(topic, key, value, headers, on_delivery=done)
-        error = await fut
-        if error is not None:
-            log.error("publish failed", extra={"topic": topic, "error": error})
-            raise DeliveryFailed(
-                f"could not publish to {topic} ({error}); stopping so the input is redelivered"
-            )
+        try:
+            await publish_acked(self.publisher, [(out.topic, out.key, out.value, out.headers)])
+        except DeliveryFailed as exc:
+            log.error("publish failed", extra={"topic": out.topic, "error": str(exc)})
+            raise DeliveryFailed(f"{exc}; stopping so the input is redelivered") from exc
 
     async def _dead_letter(
         self, msg: Message, headers: MessageHeaders, reason: str, detail: str
     ) -> None:
         self.stats.dead_lettered += 1
-        metrics.dlq_messages.labels("none", reason).inc()
+        topic, partition, offset = cast(str, msg.topic()), msg.partition(), msg.offset()
         log.error(
             "dead-lettering message",
             extra={
                 "reason": reason,
                 "detail": detail,
-                "topic": msg.topic(),
-                "partition": msg.partition(),
-                "offset": msg.offset(),
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
             },
         )
-        dlq_headers: Headers = [
-            *headers.raw,
-            ("dlq-reason", reason.encode()),
-            ("dlq-detail", detail[:4000].encode()),
-            ("dlq-source-topic", cast(str, msg.topic()).encode()),
-            ("dlq-source-partition", str(msg.partition()).encode()),
-            ("dlq-source-offset", str(msg.offset()).encode()),
-            ("dlq-consumer-group", self.group_id.encode()),
-            ("dlq-failed-at-ms", str(int(time.time() * 1000)).encode()),
-        ]
-        await self._publish_durably(
-            self.dlq_topic, msg.key() or b"", msg.value() or b"", dlq_headers
+        letter = dead_letter(
+            self.dlq_topic,
+            msg.key() or b"",
+            msg.value() or b"",
+            headers.raw,
+            reason=reason,
+            detail=detail,
+            source=(topic, cast(int, partition), cast(int, offset)),
+            group=self.group_id,
         )
+        await self._publish_durably(letter)
 
     def _finish(self, topic: str, partition: int, state: _PartitionState, offset: int) -> None:
         if self._partitions.get((topic, partition)) is not state:
@@ -710,35 +638,25 @@ class ConsumerLoop:
         return installed
 
 
-#: asyncpg's exceptions for a connection that is gone, known by name (the SDK core does not
-#: import asyncpg); SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
-#: intervention: the server shutting down or starting up).
-_TRANSIENT_NAMES = frozenset(
-    {
-        "ConnectionDoesNotExistError",
-        "InterfaceError",
-        "InternalClientError",
-        "TooManyConnectionsError",
-    }
-)
+def offsets_at(
+    consumer: Consumer, topic: str, partitions: Sequence[int], at: datetime, timeout: float = 10
+) -> dict[int, int]:
+    """Per partition, the first offset whose timestamp is at or after ``at`` (Kafka's time
+    index), or the partition's end offset when no message is that new. Blocking."""
+    ms = int(at.timestamp() * 1000)
+    found = consumer.offsets_for_times([TopicPartition(topic, p, ms) for p in partitions], timeout)
+    out: dict[int, int] = {}
+    for tp in found:
+        if tp.offset >= 0:
+            out[tp.partition] = tp.offset
+        else:
+            _, out[tp.partition] = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout
+            )
+    return out
 
 
-def is_transient(exc: BaseException) -> bool:
-    """An infrastructure failure that will pass (a lost or refused connection, a timeout,
-    Postgres restarting): the message is retried until it passes, never dead-lettered.
-    A handler's own RetryableError is not one of these: it has a bounded number of tries."""
-    if isinstance(exc, RetryableError | DeliveryFailed):
-        return False
-    if isinstance(exc, OSError):  # ConnectionError, TimeoutError, socket errors
-        return True
-    state = str(getattr(exc, "sqlstate", "") or "")
-    if state[:2] in ("08", "53", "57"):
-        return True
-    names = {c.__name__ for c in type(exc).__mro__}
-    return type(exc).__module__.startswith("asyncpg") and bool(names & _TRANSIENT_NAMES)
-
-
-def _take(consumer: Consumer, most: int, wait_s: float) -> list[Message]:
+def take_batch(consumer: Consumer, most: int, wait_s: float) -> list[Message]:
     """Up to ``most`` messages: what is there now, else wait ``wait_s`` for the first one.
 
     (``consume(n, timeout)`` alone would wait the whole timeout for ``n`` messages,
@@ -753,59 +671,14 @@ def _take(consumer: Consumer, most: int, wait_s: float) -> list[Message]:
     return batch
 
 
-def _resolve(fut: asyncio.Future[str | None], error: str | None) -> None:
-    if not fut.done():
-        fut.set_result(error)
-
-
-EventHandler = Callable[[Delivery, Envelope, Any], Awaitable[Sequence[Outgoing] | None]]
-
-
-@dataclass
-class EventRouter:
-    """Dispatches Envelopes by the type of the event inside, through a registry.
-
-    Register it as the loop's handler for :class:`Envelope`. An event type with no
-    handler, including a type added by a newer producer that this code does not know,
-    is skipped (counted in ``skipped``), never dead-lettered and never a crash.
-    """
-
-    handlers: Mapping[type[ProtoMessage], EventHandler]
-    skipped: dict[str, int] = field(default_factory=dict)
-
-    async def __call__(self, delivery: Delivery, envelope: Envelope) -> Sequence[Outgoing] | None:
-        kind = envelope.WhichOneof("event")
-        if kind is None:
-            self._skip("unknown", envelope)
-            return None
-        event = getattr(envelope, kind)
-        handler = self.handlers.get(type(event))
-        if handler is None:
-            self._skip(kind, envelope)
-            return None
-        return await handler(delivery, envelope, event)
-
-    def _skip(self, kind: str, envelope: Envelope) -> None:
-        self.skipped[kind] = self.skipped.get(kind, 0) + 1
-        if kind == "unknown":
-            log.warning(
-                "skipping an event of a type this code does not know",
-                extra={"event_id": envelope.event_id, "schema_version": envelope.schema_version},
-            )
-
-
 __all__ = [
     "DECODERS",
     "ConsumerLoop",
     "Delivery",
-    "DeliveryFailed",
-    "EventHandler",
-    "EventRouter",
     "Handler",
     "LoopStats",
-    "Outgoing",
-    "PermanentError",
-    "RetryableError",
     "consumer_config",
     "ensure_topics",
+    "offsets_at",
+    "take_batch",
 ]

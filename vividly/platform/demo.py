@@ -152,7 +152,7 @@ def run_demo(settings: Settings, count: int, timeout: float, console: Console) -
             f"  (e.g. {sample.video_url})"
         )
         console.print(f"thumbnails: {sample.thumbnail_url.rsplit('/', 1)[0]}/<request_id>.jpg")
-    from vividly.cli import StackState
+    from vividly.platform.stack import StackState
 
     mail = (StackState(settings.home.resolve()).read() or {}).get("mail_dir")
     if mail:

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from vividly.config import TRACKING_TOPIC, Settings
 from vividly.events import Envelope
+from vividly.runtime.bus import offsets_at
 
 FORMATS = ("jsonl", "csv", "parquet")
 COLUMNS = (
@@ -131,13 +132,11 @@ def read_events(
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), 10)
             starts[p], ends[p] = low, high
         if flt.since is not None:
-            for p, off in _offsets_at(consumer, topic, parts, flt.since).items():
-                starts[p] = off if off >= 0 else ends[p]
+            starts.update(offsets_at(consumer, topic, parts, flt.since))
         if flt.until is not None:  # first offset after `until` ends the range
             after = flt.until + timedelta(milliseconds=1)
-            for p, off in _offsets_at(consumer, topic, parts, after).items():
-                if off >= 0:
-                    ends[p] = min(ends[p], off)
+            for p, off in offsets_at(consumer, topic, parts, after).items():
+                ends[p] = min(ends[p], off)
         remaining = {p: ends[p] - starts[p] for p in parts if ends[p] > starts[p]}
         if on_total is not None:
             on_total(sum(remaining.values()))
@@ -180,12 +179,6 @@ def read_events(
                 on_progress(done)
     finally:
         consumer.close()
-
-
-def _offsets_at(consumer: Consumer, topic: str, parts: list[int], at: datetime) -> dict[int, int]:
-    ms = int(at.timestamp() * 1000)
-    found = consumer.offsets_for_times([TopicPartition(topic, p, ms) for p in parts], 10)
-    return {tp.partition: tp.offset for tp in found}
 
 
 # ---------------------------------------------------------------------- writers

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
-from vividly.stack import Managed, StackError
+from vividly.platform.stack import Managed, StackError
 
-log = logging.getLogger("vividly.supervisor")
+log = logging.getLogger("vividly.platform.supervisor")
 
 restarts_total = Counter(
     "vividly_supervisor_restarts",

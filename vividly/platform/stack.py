@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import functools
+import json
 import os
 import shutil
 import signal
@@ -32,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from vividly.config import PG_PASSWORD_FILE, ensure_secret_file, local_pg_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KAFKA_LIBS = Path(os.environ.get("VIVIDLY_KAFKA_LIBS", ROOT / ".cache" / "kafka-libs"))
 
 
@@ -560,3 +562,59 @@ class EmbeddedPostgres:
             stop_pid(self.managed.pid, 30.0, signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.managed.proc.wait(1)
+
+
+# --------------------------------------------------------------------------- state file
+class StackState:
+    """``<home>/stack.json`` plus an flock held by the running supervisor."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.file = home / "stack.json"
+        self.lock_file = home / "up.lock"
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.file.unlink()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def held_elsewhere(self) -> bool:
+        if not self.lock_file.exists():
+            return False
+        fd = os.open(self.lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def write(self, data: dict[str, Any]) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.file)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data

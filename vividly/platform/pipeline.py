@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vividly.stack import ROOT, Managed, StackError, _spawn, free_port, stop_pid, wait_for_port
+from vividly.platform.stack import (
+    ROOT,
+    Managed,
+    StackError,
+    _spawn,
+    free_port,
+    stop_pid,
+    wait_for_port,
+)
 
 SERVICES: tuple[str, ...] = ("ingest", "rag", "script", "video", "notify")
 #: The read side: the projector (folds tracking.events) and the monitoring API.
@@ -264,7 +272,7 @@ async def load_corpus(database_url: str, gemini_url: str, progress: Any = None) 
     from services.rag.providers import GeminiEmbedder, load_into_postgres
     from services.rag.providers import load_corpus as read_passages
     from vividly.config import Settings
-    from vividly.ledger import create_pool
+    from vividly.runtime.ledger import create_pool
 
     settings = Settings(gemini_base_url=gemini_url, database_url=database_url)
     pool = await create_pool(database_url)

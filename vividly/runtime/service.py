@@ -2,7 +2,7 @@
 
 A service supplies a ``build`` coroutine that receives the shared :class:`Deps` (settings,
 tracker, publisher, Postgres pool) and returns its handler (usually a
-:class:`~vividly.stage.StageRunner`) plus anything to close on the way out.
+:class:`~vividly.runtime.stage.StageRunner`) plus anything to close on the way out.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from typing import Any
 
 import uvloop
 
-from vividly.breakers import configure_breakers, publish_breaker_events
-from vividly.bus import ConsumerLoop, Handler
+from vividly.breakers import configure_breakers, install_breaker_metrics, publish_breaker_events
 from vividly.config import DLQ_TOPIC, RENDERED, Settings
 from vividly.events import WorkItem
-from vividly.ledger import create_pool
 from vividly.logs import configure_logging
-from vividly.metrics import install_breaker_metrics, serve_metrics
+from vividly.metrics import serve_metrics
 from vividly.publish import KafkaPublisher
+from vividly.runtime.bus import ConsumerLoop, Handler
+from vividly.runtime.ledger import create_pool
 from vividly.tracker import RequestTracker
 
-log = logging.getLogger("vividly.service")
+log = logging.getLogger("vividly.runtime.service")
 
 
 @dataclass

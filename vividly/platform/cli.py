@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -27,7 +26,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vividly.config import DLQ_TOPIC, STAGE_TOPICS, STAGES, TRACKING_TOPIC, Settings
+from vividly.config import STAGES, Settings, topic_plan
+from vividly.platform.stack import StackState
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -36,63 +36,7 @@ READY_TIMEOUT_S = 180.0
 
 
 def stack_topics(settings: Settings) -> dict[str, int]:
-    return {t: settings.topic_partitions for t in (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)}
-
-
-# --------------------------------------------------------------------------- state file
-class StackState:
-    """``<home>/stack.json`` plus an flock held by the running supervisor."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.file = home / "stack.json"
-        self.lock_file = home / "up.lock"
-        self._lock_fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
-
-    def release(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.file.unlink()
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def held_elsewhere(self) -> bool:
-        if not self.lock_file.exists():
-            return False
-        fd = os.open(self.lock_file, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
-
-    def write(self, data: dict[str, Any]) -> None:
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.file)
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return data
+    return topic_plan(settings)
 
 
 # --------------------------------------------------------------------------- up / down
@@ -120,7 +64,13 @@ def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> in
     log = home / "up.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vividly.cli", "up", *(["--infra-only"] if infra_only else [])],
+            [
+                sys.executable,
+                "-m",
+                "vividly.platform.cli",
+                "up",
+                *(["--infra-only"] if infra_only else []),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -149,12 +99,12 @@ def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> in
 
 
 def _up_foreground(state: StackState, settings: Settings, infra_only: bool = False) -> int:
-    from vividly.bus import ensure_topics
-    from vividly.db import migrate
     from vividly.metrics import serve_metrics
-    from vividly.pipeline import Pipeline, PipelinePorts, load_corpus
-    from vividly.stack import ApacheKafkaBroker, EmbeddedPostgres, StackError, free_port
-    from vividly.supervisor import Supervisor, Watched
+    from vividly.platform.pipeline import Pipeline, PipelinePorts, load_corpus
+    from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, StackError, free_port
+    from vividly.platform.supervisor import Supervisor, Watched
+    from vividly.runtime.bus import ensure_topics
+    from vividly.runtime.db import migrate
 
     home = state.home
     stop = threading.Event()
@@ -237,7 +187,7 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
                 (settings.smtp_port, "VIVIDLY_SMTP_PORT"),
                 (settings.api_port, "VIVIDLY_API_PORT"),
             ):
-                from vividly.stack import port_in_use
+                from vividly.platform.stack import port_in_use
 
                 if port_in_use(port):
                     raise StackError(f"port {port} is taken; set {what} to another port")
@@ -292,7 +242,7 @@ def _supervisor_logging(home: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(JsonFormatter("supervisor"))
-    sup = logging.getLogger("vividly.supervisor")
+    sup = logging.getLogger("vividly.platform.supervisor")
     sup.handlers[:] = [handler]
     sup.setLevel(logging.INFO)
     sup.propagate = False
@@ -314,7 +264,7 @@ def _load_corpus_with_progress(load: Any, database_url: str, gemini_url: str) ->
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.stack import pid_alive, stop_pid
+    from vividly.platform.stack import pid_alive, stop_pid
 
     state = StackState(settings.home.resolve())
     data = state.read()
@@ -338,7 +288,7 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.stack import pid_alive
+    from vividly.platform.stack import pid_alive
 
     state = StackState(settings.home.resolve())
     data = state.read()
@@ -462,13 +412,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.demo import run_demo
+    from vividly.platform.demo import run_demo
 
     return run_demo(stack_settings(settings), args.count, args.timeout, console)
 
 
 def cmd_corpus_load(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.pipeline import load_corpus
+    from vividly.platform.pipeline import load_corpus
 
     settings = stack_settings(settings)
     try:
@@ -483,13 +433,13 @@ def cmd_corpus_load(args: argparse.Namespace, settings: Settings) -> int:
 
 # --------------------------------------------------------------------------- db
 def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.db import migrate
+    from vividly.runtime.db import migrate
 
     url = args.database_url or settings.effective_database_url()
     try:
         applied = asyncio.run(migrate(url))
     except OSError as exc:
-        from vividly.stack import redact_url
+        from vividly.platform.stack import redact_url
 
         err.print(f"[red]Cannot reach Postgres at {redact_url(url)}:[/] {exc}")
         return 1
@@ -499,7 +449,7 @@ def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 # --------------------------------------------------------------------------- read side
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.auth import mint
+    from vividly.runtime.auth import mint
 
     settings = stack_settings(settings)
     sub = args.sub or {"admin": "admin", "service": "service"}.get(args.role, "")
@@ -555,7 +505,7 @@ def cmd_projector_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_projector_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from services.projector.runner import rebuild
-    from vividly.db import migrate
+    from vividly.runtime.db import migrate
 
     settings = stack_settings(settings)
     url = settings.effective_database_url()
@@ -582,7 +532,7 @@ def cmd_projector_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _time_arg(text: str | None, flag: str) -> Any:
-    from vividly.export import parse_time
+    from vividly.platform.export import parse_time
 
     if text is None:
         return None
@@ -597,7 +547,7 @@ class UsageError(Exception):
 
 
 def cmd_events_export(args: argparse.Namespace, settings: Settings) -> int:
-    from vividly.export import ExportFilter, export, read_events
+    from vividly.platform.export import ExportFilter, export, read_events
 
     settings = stack_settings(settings)
     flt = ExportFilter(
@@ -628,7 +578,7 @@ def cmd_events_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_events_replay(args: argparse.Namespace, settings: Settings) -> int:
     from services.projector.runner import replay
-    from vividly.db import migrate
+    from vividly.runtime.db import migrate
 
     settings = stack_settings(settings)
     since = _time_arg(args.since, "--since")
