@@ -210,6 +210,7 @@ async def generate(
         await conn.execute("SELECT vividly.create_read_model($1)", SCHEMA)
         await conn.execute("SELECT vividly.create_read_model_safety($1)", SCHEMA)
         await conn.execute("SELECT vividly.create_read_model_scopes($1)", SCHEMA)
+        await conn.execute("SELECT vividly.create_read_model_actions($1)", SCHEMA)
         indexes = await conn.fetch(
             "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = $1 AND NOT"
             " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",

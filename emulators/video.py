@@ -47,6 +47,7 @@ class Job:
     fail: bool
     render: asyncio.Task[Path] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
 
     def view(self, base: str) -> dict[str, Any]:
         elapsed = time.time() - self.created
@@ -57,7 +58,9 @@ class Job:
             "video_url": None,
             "error": None,
         }
-        if progress < 100:
+        if self.cancelled:
+            out.update(status="cancelled", error="cancelled by the client")
+        elif progress < 100:
             out["status"] = "queued" if elapsed < min(0.5, self.seconds / 10) else "processing"
         elif self.fail:
             out.update(status="failed", error="render farm reported a corrupt frame")
@@ -192,6 +195,18 @@ def make_app(knobs: Knobs | None = None, work_dir: Path | None = None) -> web.Ap
             return web.json_response({"error": "no such job"}, status=404)
         return web.json_response(job.view(base(request)))
 
+    async def cancel(request: web.Request) -> web.Response:
+        """Stop a job: its render is dropped; a completed job stays completed (409)."""
+        job = jobs.get(request.match_info["job_id"])
+        if job is None:
+            return web.json_response({"error": "no such job"}, status=404)
+        if job.view(base(request))["status"] == "completed":
+            return web.json_response({"error": "job is completed"}, status=409)
+        job.cancelled = True
+        if job.render is not None and not job.render.done():
+            job.render.cancel()
+        return web.json_response(job.view(base(request)))
+
     async def content(request: web.Request) -> web.StreamResponse:
         job = jobs.get(request.match_info["job_id"])
         if job is None:
@@ -207,6 +222,7 @@ def make_app(knobs: Knobs | None = None, work_dir: Path | None = None) -> web.Ap
 
     app.router.add_post("/v1/videos", submit)
     app.router.add_get("/v1/videos/{job_id}", status)
+    app.router.add_post("/v1/videos/{job_id}/cancel", cancel)
     app.router.add_get("/v1/videos/{job_id}/content", content)
     app.on_cleanup.append(cleanup)
     return app

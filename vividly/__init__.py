@@ -28,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     "UnknownSeverityError": "vividly.tracker",
     "PayloadError": "vividly.tracker",
     "ReadSideUnavailable": "vividly.tracker",
+    "ReadModelBehind": "vividly.tracker",
+    "Position": "vividly.tracker",
+    "TrackingSession": "vividly.tracker",
     "ApiStatusReader": "vividly.readside",
     "submit_request": "vividly.submit",
     # events
@@ -73,8 +76,10 @@ __all__ = [
     "Outgoing",
     "PayloadError",
     "PermanentError",
+    "Position",
     "ProviderError",
     "Publisher",
+    "ReadModelBehind",
     "ReadSideUnavailable",
     "RequestTracker",
     "RetryPolicy",
@@ -82,6 +87,7 @@ __all__ = [
     "Settings",
     "StageSpan",
     "TrackerError",
+    "TrackingSession",
     "UnknownSeverityError",
     "UnknownStageError",
     "WorkItem",
@@ -124,10 +130,13 @@ if TYPE_CHECKING:
     from vividly.testing import FakePublisher
     from vividly.tracker import (
         PayloadError,
+        Position,
+        ReadModelBehind,
         ReadSideUnavailable,
         RequestTracker,
         StageSpan,
         TrackerError,
+        TrackingSession,
         UnknownSeverityError,
         UnknownStageError,
     )

@@ -249,6 +249,27 @@ class Settings(BaseSettings):
     max_manual_retries: int = Field(
         default=3, ge=0, description="Retries a person may ask for per request."
     )
+    bulk_max_requests: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most requests one bulk retry or cancel may cover (a larger match is "
+        "refused with the count: narrow the filter).",
+    )
+    stage_expected_s: dict[str, float] = Field(
+        default_factory=lambda: dict(STAGE_EXPECTED_S),
+        description="Seconds a request may go without an event in each stage before it "
+        "shows as stalled (JSON object; stages left out keep their default).",
+    )
+
+    stalled_refresh_s: float = Field(
+        default=5.0, gt=0, description="How often the API recounts stalled requests (gauge)."
+    )
+
+    def expected_s(self, stage: str | None) -> float:
+        """How long a request may stay silent in ``stage`` before it is stalled."""
+        if stage is None:
+            return max(STAGE_EXPECTED_S.values())
+        return float(self.stage_expected_s.get(stage, STAGE_EXPECTED_S.get(stage, 300.0)))
 
     # --- metrics -----------------------------------------------------------------------
     metrics_port: int = Field(

@@ -43,6 +43,17 @@ stage_expected = Gauge(
     "How long one item may reasonably take in a stage (the stuck-request alert's bound).",
     ["stage"],
 )
+requests_stalled = Gauge(
+    "vividly_requests_stalled",
+    "Unfinished requests with no event for longer than their current stage's expected "
+    "time, by stage (refreshed by the monitoring API).",
+    ["stage"],
+)
+stages_skipped = Counter(
+    "vividly_stages_skipped_total",
+    "Stage attempts not done because their request was cancelled.",
+    ["stage"],
+)
 requests_finished = Counter(
     "vividly_requests_finished_total", "Requests that reached a terminal status.", ["status"]
 )

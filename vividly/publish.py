@@ -400,17 +400,20 @@ async def publish_acked(
     publisher: Publisher,
     messages: Sequence[tuple[str, bytes, bytes, Headers]],
     timeout: float | None = None,
-) -> None:
+) -> list[tuple[int, int]]:
     """Publish ``messages`` and wait for each one's own delivery report (not the
     producer's watermark: one old failure must not fail every later call); raise
     :class:`DeliveryFailed` unless the broker acknowledged every one, within ``timeout``
-    seconds when one is given."""
+    seconds when one is given. Returns each message's (partition, offset)."""
     loop = asyncio.get_running_loop()
     futs: list[asyncio.Future[str | None]] = []
-    for topic, key, value, headers in messages:
+    landed: list[tuple[int, int]] = [(-1, -1)] * len(messages)
+    for i, (topic, key, value, headers) in enumerate(messages):
         fut: asyncio.Future[str | None] = loop.create_future()
 
-        def done(err: Any, _msg: Any, fut: asyncio.Future[str | None] = fut) -> None:
+        def done(err: Any, msg: Any, fut: asyncio.Future[str | None] = fut, i: int = i) -> None:
+            if err is None and msg is not None:
+                landed[i] = (msg.partition(), msg.offset())
             loop.call_soon_threadsafe(_settle, fut, None if err is None else str(err))
 
         publisher.publish(topic, key, value, list(headers), on_delivery=done)
@@ -425,6 +428,7 @@ async def publish_acked(
         raise DeliveryFailed(
             f"the event log refused {len(failed)} message(s) (first to {topic}): {failed[0]}"
         )
+    return landed
 
 
 def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:

@@ -49,6 +49,7 @@ class FakePublisher:
         self._first_failed: int | None = None
         self.failed = 0
         self.failures: list[FailedDelivery] = []
+        self._offsets: dict[str, int] = {}
 
     def publish(
         self,
@@ -68,11 +69,14 @@ class FakePublisher:
             self.failures.append(FailedDelivery(topic, key, "configured to fail"))
             log.error("delivery failed", extra={"topic": topic, "error": "configured to fail"})
             if on_delivery is not None:
-                on_delivery(cast(Any, _FakeError(f"delivery to {topic} failed")), None)
+                error = cast(Any, _FakeError(f"delivery to {topic} failed"))
+                on_delivery(error, FakeMessage(topic, 0, -1, key))
             return self._seq
         self.messages.append(Published(topic, key, value, list(headers)))
+        offset = self._offsets.get(topic, 0)
+        self._offsets[topic] = offset + 1
         if on_delivery is not None:
-            on_delivery(None, None)
+            on_delivery(None, FakeMessage(topic, 0, offset, key))
         return self._seq
 
     def delivered_through(self) -> int:
@@ -96,6 +100,29 @@ class FakePublisher:
 
     def envelopes(self, topic: str | None = None) -> list[Envelope]:
         return [m.envelope() for m in self.messages if topic is None or m.topic == topic]
+
+
+@dataclass(frozen=True, slots=True)
+class FakeMessage:
+    """What a delivery report hands its callback (confluent-kafka's ``Message`` methods):
+    one partition per topic, offsets counted from 0."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
 
 
 class _FakeError(Exception):

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import contextvars
 import math
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,16 +42,19 @@ from vividly.events import (
     WorkItem,
     traceparent_for,
 )
-from vividly.publish import FlushReport, Publisher
+from vividly.publish import DeliveryFailed, FlushReport, Publisher
 
 __all__ = [
     "STAGES",
     "PayloadError",
+    "Position",
+    "ReadModelBehind",
     "ReadSideUnavailable",
     "RequestContext",
     "RequestTracker",
     "StatusReader",
     "TrackerError",
+    "TrackingSession",
     "UnknownSeverityError",
     "UnknownStageError",
     "current_request",
@@ -87,12 +91,60 @@ class ReadSideUnavailable(RuntimeError):
     """get_request_status / retry_stage need the read model; none was given."""
 
 
+class ReadModelBehind(TimeoutError):
+    """The read side could not show this tracker's own writes in time: the log had not
+    acknowledged them, or the projector had not folded past them. ``wanted`` is the
+    position waited for; ``folded`` how far the read model had got (when known)."""
+
+    def __init__(self, message: str, wanted: Position | None = None, folded: int | None = None):
+        super().__init__(message)
+        self.wanted = wanted
+        self.folded = folded
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an event landed in the log: a read model that has folded ``partition`` of
+    ``topic`` past ``offset`` reflects it (and everything before it on that partition:
+    one request's events share a partition)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
 class StatusReader(Protocol):
-    """The read side the tracker asks for status and retries (monitoring API / read model)."""
+    """The read side the tracker asks for status and retries (monitoring API / read model).
 
-    def get_request_status(self, request_id: str) -> dict[str, Any] | None: ...
+    ``position``, when given, is the last event this tracker wrote for the request: the
+    reader answers only once its read model reflects it (waiting at most ``wait_s``), and
+    raises :class:`ReadModelBehind` when it cannot."""
 
-    def retry_stage(self, request_id: str, stage: str, requested_by: str) -> bool: ...
+    def get_request_status(
+        self, request_id: str, position: Position | None = None, wait_s: float = 5.0
+    ) -> dict[str, Any] | None: ...
+
+    def retry_stage(
+        self,
+        request_id: str,
+        stage: str,
+        requested_by: str,
+        position: Position | None = None,
+        wait_s: float = 5.0,
+    ) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingSession:
+    """What a tracker needs, handed over as one object: the seed guide's
+    ``RequestTracker(db)`` takes one of these as its ``db``."""
+
+    publisher: Publisher
+    status_reader: StatusReader | None = None
+    producer: str = "vividly"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,23 +181,40 @@ class RequestTracker:
 
     def __init__(
         self,
-        publisher: Publisher,
+        publisher: Publisher | TrackingSession,
         *,
-        producer: str = "vividly",
+        producer: str | None = None,
         topic: str = TRACKING_TOPIC,
         max_payload_bytes: int = 64 * 1024,
         status_reader: StatusReader | None = None,
         correlation_cache_size: int = 100_000,
+        read_timeout_s: float = 10.0,
     ) -> None:
+        if isinstance(publisher, TrackingSession):
+            session = publisher
+            publisher = session.publisher
+            status_reader = status_reader or session.status_reader
+            producer = producer or session.producer
         self.publisher = publisher
-        self.producer = producer
+        self.producer = producer or "vividly"
         self.topic = topic
         self.max_payload_bytes = max_payload_bytes
         self.status_reader = status_reader
+        self.read_timeout_s = read_timeout_s
         self._correlations: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._correlation_cache_size = correlation_cache_size
         self._stage_starts: dict[tuple[str, str], float] = {}
         self.last_created: RequestSpec | None = None
+        # Read-your-writes: per request (key bytes), how many events this tracker handed
+        # to the publisher, and how many delivery reports came back with the last one's
+        # position; written by the caller's thread and the delivery thread respectively.
+        self._sent: dict[bytes, int] = {}
+        self._landed: dict[bytes, tuple[int, int, int]] = {}  # n, partition, offset
+        self._lost: dict[bytes, str] = {}
+        self._last_started: dict[bytes, str] = {}
+        self._landing = threading.Condition()
+        self._waiting = 0
+        self._on_delivery = self._delivered
 
     @classmethod
     def from_settings(
@@ -245,15 +314,18 @@ class RequestTracker:
         error_stage: str | None = None,
         error_details: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record the request as failed. ``error_stage`` may be ``None``/"unknown" when
-        the failure happened outside any stage; otherwise it must be a stage name."""
-        if error_stage not in (None, "", "unknown"):
+        """Record the request as failed. Without ``error_stage`` (or with ``"unknown"``)
+        the stage is the one this tracker last started for the request, if any; otherwise
+        it must be a stage name."""
+        if error_stage in (None, "", "unknown"):
+            error_stage = self._last_started.get(request_id.encode(), "")
+        else:
             self._check_stage(error_stage)
         details = self._json(error_details, "error_details")
         env = self._envelope(request_id)
         ev = env.request_failed
         ev.error_message = error_message
-        ev.error_stage = "" if error_stage in (None, "unknown") else error_stage
+        ev.error_stage = error_stage or ""
         ev.error_details_json = details
         ev.SetInParent()
         self._send(env, "request_failed")
@@ -267,6 +339,7 @@ class RequestTracker:
         ev.stage = stage_name
         ev.attempt = attempt or self._attempt(request_id)
         self._stage_starts[(request_id, stage_name)] = time.perf_counter()
+        self._last_started[request_id.encode()] = stage_name
         self._send(env, "stage_started")
 
     def complete_stage(
@@ -359,16 +432,81 @@ class RequestTracker:
         self._send(env, "request_waiting")
 
     def request_retried(
-        self, request_id: str, stage_name: str, requested_by: str, attempt: int
+        self,
+        request_id: str,
+        stage_name: str,
+        requested_by: str,
+        attempt: int,
+        *,
+        bulk_id: str = "",
+        event_id: str | None = None,
     ) -> None:
-        """Record that someone asked for ``stage_name`` to run again as ``attempt``."""
+        """Record that someone asked for ``stage_name`` to run again as ``attempt``
+        (``bulk_id``: as one of a bulk action's retries; ``event_id``: a derived id, so a
+        repeated command publishes the same event)."""
         self._check_stage(stage_name)
-        env = self._envelope(request_id)
+        env = self._envelope(request_id, event_id)
         ev = env.request_retried
         ev.stage = stage_name
         ev.requested_by = requested_by
         ev.attempt = attempt
+        ev.bulk_id = bulk_id
         self._send(env, "request_retried")
+
+    def cancel_request(
+        self,
+        request_id: str,
+        requested_by: str,
+        reason: str = "",
+        *,
+        bulk_id: str = "",
+        event_id: str | None = None,
+    ) -> None:
+        """Record that ``requested_by`` stopped the request. The stage services skip its
+        work from then on (the API's cancel also writes the fence they check)."""
+        env = self._envelope(request_id, event_id)
+        ev = env.request_cancelled
+        ev.requested_by = requested_by
+        ev.reason = reason
+        ev.bulk_id = bulk_id
+        ev.SetInParent()
+        self._send(env, "request_cancelled")
+        metrics.requests_finished.labels("cancelled").inc()
+
+    def bulk_action_requested(
+        self,
+        bulk_id: str,
+        action: str,
+        requested_by: str,
+        filter_: Mapping[str, Any],
+        count: int,
+        *,
+        idempotency_key: str = "",
+        organization_id: str = "",
+        reason: str = "",
+        event_id: str | None = None,
+    ) -> None:
+        """Record one bulk retry or cancel: who asked, by which filter, how many it
+        covers. Keyed by ``bulk_id`` (it is about no single request)."""
+        if action not in ("retry", "cancel"):
+            raise TrackerError(f"bulk action is retry or cancel, not {action!r}")
+        env = self._new_envelope(event_id)
+        ev = env.bulk_action_requested
+        ev.bulk_id = bulk_id
+        ev.action = action
+        ev.requested_by = requested_by
+        ev.filter_json = self._json(filter_, "filter")
+        ev.count = count
+        ev.idempotency_key = idempotency_key
+        ev.organization_id = organization_id
+        ev.reason = reason
+        headers = [_TYPE_HEADER, _KIND_HEADERS["bulk_action_requested"]]
+        captured = _capture.get()
+        key = bulk_id.encode()
+        if captured is not None:
+            captured.append((self.topic, key, env.SerializeToString(), headers))
+            return
+        self.publisher.publish(self.topic, key, env.SerializeToString(), headers)
 
     def breaker_state_changed(
         self,
@@ -445,20 +583,101 @@ class RequestTracker:
         self._send(env, "event_logged")
 
     # ------------------------------------------------------------------ read side
-    def get_request_status(self, request_id: str) -> dict[str, Any]:
+    def get_request_status(
+        self, request_id: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """The request's current state from the read model (status, current_stage,
-        topic, error_stage, …). Raises KeyError for an unknown request."""
+        topic, error_stage, …), reflecting every event this tracker has published for it:
+        it waits (at most ``timeout``, default ``read_timeout_s``) for the log to
+        acknowledge them and the projector to fold past them, and raises
+        :class:`ReadModelBehind` when that does not happen in time. Raises KeyError for
+        an unknown request."""
         reader = self._reader()
-        status = reader.get_request_status(request_id)
+        deadline = time.monotonic() + (self.read_timeout_s if timeout is None else timeout)
+        position = self.position(request_id, timeout=deadline - time.monotonic())
+        status = reader.get_request_status(
+            request_id, position=position, wait_s=max(0.0, deadline - time.monotonic())
+        )
         if status is None:
             raise KeyError(f"unknown request {request_id}")
         return status
 
-    def retry_stage(self, request_id: str, stage_name: str, requested_by: str = "sdk") -> bool:
+    def retry_stage(
+        self,
+        request_id: str,
+        stage_name: str,
+        requested_by: str = "sdk",
+        *,
+        timeout: float | None = None,
+    ) -> bool:
         """Re-run ``stage_name`` of a failed request from the work item kept in its
-        StageFailed event. False when the stage's retry budget is spent."""
+        StageFailed event. False when the stage's retry budget is spent. Like
+        :meth:`get_request_status`, it first waits for this tracker's own writes to be
+        in the read model, so a ``fail_stage`` just before is seen."""
         self._check_stage(stage_name)
-        return self._reader().retry_stage(request_id, stage_name, requested_by)
+        reader = self._reader()
+        deadline = time.monotonic() + (self.read_timeout_s if timeout is None else timeout)
+        position = self.position(request_id, timeout=deadline - time.monotonic())
+        return reader.retry_stage(
+            request_id,
+            stage_name,
+            requested_by,
+            position=position,
+            wait_s=max(0.0, deadline - time.monotonic()),
+        )
+
+    def position(self, request_id: str, *, timeout: float | None = None) -> Position | None:
+        """Where the last event this tracker published for ``request_id`` landed in the
+        log, once the broker has acknowledged it (waiting at most ``timeout``); None when
+        this tracker published nothing for it. Raises :class:`DeliveryFailed` when one of
+        those events was not delivered, :class:`ReadModelBehind` when the broker has not
+        answered in time."""
+        key = request_id.encode()
+        sent = self._sent.get(key)
+        if sent is None:
+            return None
+        landed = self._landed.get(key)
+        if landed is None or landed[0] < sent:
+            wait = self.read_timeout_s if timeout is None else timeout
+            deadline = time.monotonic() + max(0.0, wait)
+            with self._landing:
+                self._waiting += 1
+                try:
+                    while True:
+                        landed = self._landed.get(key)
+                        if landed is not None and landed[0] >= sent:
+                            break
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise ReadModelBehind(
+                                f"the log has not acknowledged the events of {request_id} "
+                                f"within {wait:.1f} s"
+                            )
+                        self._landing.wait(remaining)
+                finally:
+                    self._waiting -= 1
+        lost = self._lost.get(key)
+        if lost is not None:
+            raise DeliveryFailed(f"an event of {request_id} was not written to the log: {lost}")
+        return Position(self.topic, landed[1], landed[2])
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        """Delivery report of one tracking event (the publisher's thread)."""
+        if msg is None:
+            return
+        key = msg.key()
+        if key is None:
+            return
+        landed = self._landed.get(key)
+        n = landed[0] + 1 if landed is not None else 1
+        if err is None:
+            self._landed[key] = (n, msg.partition(), msg.offset())
+        else:
+            self._lost[key] = str(err)
+            self._landed[key] = (n, landed[1], landed[2]) if landed else (n, -1, -1)
+        if self._waiting:
+            with self._landing:
+                self._landing.notify_all()
 
     # ------------------------------------------------------------------ plumbing
     def bind(self, request_id: str, correlation_id: str) -> None:
@@ -484,7 +703,21 @@ class RequestTracker:
     def republish(self, messages: Sequence[Captured]) -> None:
         """Publish messages built earlier (see :meth:`capturing`) exactly as they are."""
         for topic, key, value, headers in messages:
-            self.publisher.publish(topic, key, value, list(headers))
+            if topic == self.topic:
+                self._count_sent(key)
+                self.publisher.publish(topic, key, value, list(headers), self._on_delivery)
+            else:
+                self.publisher.publish(topic, key, value, list(headers))
+
+    def _count_sent(self, key: bytes) -> None:
+        sent = self._sent
+        sent[key] = sent.get(key, 0) + 1
+        if len(sent) > self._correlation_cache_size:
+            oldest = next(iter(sent))
+            del sent[oldest]
+            self._landed.pop(oldest, None)
+            self._lost.pop(oldest, None)
+            self._last_started.pop(oldest, None)
 
     def flush(self, timeout: float = 30.0) -> FlushReport:
         """Wait for queued events to be delivered; the report says what was not."""
@@ -550,16 +783,16 @@ class RequestTracker:
             )
         return raw
 
-    def _envelope(self, request_id: str) -> Envelope:
+    def _envelope(self, request_id: str, event_id: str | None = None) -> Envelope:
         if not request_id:
             raise TrackerError("request_id is required")
-        env = self._new_envelope()
+        env = self._new_envelope(event_id)
         env.request_id = request_id
         return env
 
-    def _new_envelope(self) -> Envelope:
+    def _new_envelope(self, event_id: str | None = None) -> Envelope:
         env = Envelope()
-        env.event_id = str(_uuid7())
+        env.event_id = event_id or str(_uuid7())
         ns = _time_ns()
         ts = env.occurred_at
         ts.seconds = ns // 1_000_000_000
@@ -585,11 +818,13 @@ class RequestTracker:
             traceparent = traceparent_for(correlation_id, eid[19:23] + eid[24:], parent)
             headers.append((H_CORRELATION, correlation_id.encode()))
             headers.append((H_TRACEPARENT, traceparent.encode()))
+        key = request_id.encode()
         captured = _capture.get()
         if captured is not None:
-            captured.append((self.topic, request_id.encode(), env.SerializeToString(), headers))
+            captured.append((self.topic, key, env.SerializeToString(), headers))
             return
-        self.publisher.publish(self.topic, request_id.encode(), env.SerializeToString(), headers)
+        self._count_sent(key)
+        self.publisher.publish(self.topic, key, env.SerializeToString(), headers, self._on_delivery)
 
 
 def _non_finite(value: Any) -> bool:

@@ -19,7 +19,7 @@ from vividly.breakers import guarded
 from vividly.events import WorkItem
 from vividly.publish import Outgoing
 from vividly.runtime.bus import Delivery
-from vividly.runtime.stage import StageContext, StageRunner
+from vividly.runtime.stage import Cancelled, StageContext, StageRunner
 from vividly.tracker import RequestTracker
 
 log = logging.getLogger("vividly.notify")
@@ -156,6 +156,8 @@ class Notifier:
         return True
 
     async def content_ready(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        if await ctx.is_cancelled():  # the last look before the email goes
+            raise Cancelled("the request was cancelled before its email was sent")
         vp = ctx.output_of("video_processing")
         msg = compose(
             item, "content_ready", self.sender, vp.get("cdn_url", ""), vp.get("thumbnail_url", "")

@@ -53,9 +53,13 @@ DURATION_BOUNDS_MS: tuple[float, ...] = (
 N_BUCKETS = len(DURATION_BOUNDS_MS) + 1
 
 ACTIVE = ("queued", "running", "waiting")
-TERMINAL = frozenset({"completed", "failed"})
-#: A stage attempt's statuses that nothing later changes (see store.py's merge too).
-ATTEMPT_FINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+#: A stage attempt's statuses that nothing later changes (see store.py's merge too):
+#: "abandoned" is an attempt still open when its request failed, "cancelled" one open
+#: when its request was cancelled.
+ATTEMPT_FINAL = frozenset({"completed", "failed", "abandoned", "cancelled"})
+#: Attempt statuses a request's end closes.
+ATTEMPT_OPEN = ("running", "scheduled")
 _UUID = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
@@ -110,11 +114,13 @@ class RequestDelta:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     failed_at: datetime | None = None
+    cancelled: tuple[str | None, str | None, datetime | None] = (None, None, None)
 
     def set_status(self, status: str, at: datetime) -> None:
         self.status = status
         self.waiting = (None, None, None)
         self.error = (None, None, None)
+        self.cancelled = (None, None, None)
         self.completed_at = at if status == "completed" else None
         self.failed_at = at if status == "failed" else None
 
@@ -212,6 +218,10 @@ class Batch:
     request_minutes: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     request_hours: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     status_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (org, status)
+    # Requests that ended (failed, cancelled): their open attempts stored before this
+    # batch are closed with this status, as of that time.
+    close: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    stage_keys: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
     breakers: dict[str, BreakerRow] = field(default_factory=dict)
     skipped: int = 0
     now_s: int = 0
@@ -270,9 +280,20 @@ class Batch:
         row = self.stages.get(key)
         if row is None:
             row = self.stages[key] = StageDelta(status)
+            self.stage_keys.setdefault(rid, []).append(key)
         elif row.status not in ATTEMPT_FINAL:
             row.status = status
         return row
+
+    def close_attempts(self, rid: str, status: str, at: datetime) -> None:
+        """The request ended: no attempt of it stays running or scheduled (in this
+        batch's rows now; in stored rows when the batch is written)."""
+        for key in self.stage_keys.get(rid, ()):
+            row = self.stages[key]
+            if row.status in ATTEMPT_OPEN:
+                row.status = status
+                row.ended_at = row.ended_at or at
+        self.close[rid] = (status, at)
 
     def metric(self, rid: str, stage: str) -> tuple[MetricDelta, MetricDelta]:
         sec = self.now_s  # the current event's time, whole seconds (cheaper than datetimes)
@@ -453,6 +474,7 @@ def _request_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
         d.current_stage = ev.error_stage or d.current_stage
         d.error = (ev.error_stage, ev.error_message, details)
         b.count_request(env.request_id, 2)
+        b.close_attempts(env.request_id, "abandoned", at)
     data = (
         f'{{"error_stage":{orjson.dumps(ev.error_stage).decode()},'
         f'"error_message":{orjson.dumps(ev.error_message).decode()},"error_details":{details}}}'
@@ -469,9 +491,40 @@ def _request_retried(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline
     d.attempts[ev.stage] = ev.attempt
     row = b.stage(env.request_id, ev.stage, ev.attempt, "scheduled")
     row.due_at = at
-    data = orjson.dumps({"requested_by": ev.requested_by}).decode()
+    data = orjson.dumps({"requested_by": ev.requested_by, "bulk_id": ev.bulk_id or None}).decode()
     msg = f"Retry of {ev.stage} (attempt {ev.attempt}) requested by {ev.requested_by}"
     return ev.stage, ev.attempt, "warning", msg, data
+
+
+def _request_cancelled(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    d = b.request(env, at)
+    moved = b.move(d, "cancelled", at)
+    if moved:
+        d.cancelled = (ev.requested_by, ev.reason, at)
+        b.close_attempts(env.request_id, "cancelled", at)
+    data = orjson.dumps(
+        {"requested_by": ev.requested_by, "reason": ev.reason, "bulk_id": ev.bulk_id or None}
+    ).decode()
+    msg = f"Cancelled by {ev.requested_by}" + (f": {ev.reason}" if ev.reason else "")
+    if not moved:
+        msg += " (it had already ended)"
+    return d.current_stage, None, "warning", msg, data
+
+
+def _bulk_action_requested(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
+    data = orjson.dumps(
+        {
+            "bulk_id": ev.bulk_id,
+            "action": ev.action,
+            "requested_by": ev.requested_by,
+            "filter": orjson.loads(_json_text(ev.filter_json)),
+            "count": ev.count,
+            "organization_id": ev.organization_id,
+            "reason": ev.reason,
+        }
+    ).decode()
+    msg = f"Bulk {ev.action} of {ev.count} request(s) by {ev.requested_by}"
+    return None, None, "warning", msg, data
 
 
 def _breaker_state_changed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
@@ -514,6 +567,8 @@ _FOLDERS: dict[str, Folder] = {
     "request_failed": _request_failed,
     "request_retried": _request_retried,
     "breaker_state_changed": _breaker_state_changed,
+    "request_cancelled": _request_cancelled,
+    "bulk_action_requested": _bulk_action_requested,
 }
 FOLDED_TYPES = frozenset(_FOLDERS)
 

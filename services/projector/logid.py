@@ -76,5 +76,28 @@ def read_log(
     identity = LogIdentity(str(cluster.cluster_id), str(desc.topic_id))
     marks = {}
     for p in sorted(pi.id for pi in desc.partitions):
-        marks[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout, False)
+        marks[p] = _watermarks(consumer, TopicPartition(topic, p), timeout)
     return identity, marks
+
+
+def _watermarks(consumer: Any, tp: Any, timeout: float) -> tuple[int, int]:
+    """A partition's watermarks, asked again while the broker says it is moving (a topic
+    just created: "not leader", "leader not available"), for at most ``timeout``."""
+    import time
+
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout, False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = bool(err is not None and getattr(err, "retriable", lambda: False)())
+            moving = "leader" in str(exc).lower()
+            if not (retriable or moving) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)

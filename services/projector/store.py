@@ -73,6 +73,9 @@ REQUEST_COLUMNS = (
     "completed_at",
     "failed_at",
     "updated_at",
+    "cancelled_at",
+    "cancelled_by",
+    "cancel_reason",
 )
 STAGE_COLUMNS = (
     "request_id",
@@ -93,8 +96,9 @@ STAGE_COLUMNS = (
 
 #: The projection's version: raise it when the fold writes something a read model folded
 #: by older code does not have (2: per-organization aggregates). A live read model with
-#: an older version is rebuilt from the log when the projector starts.
-READ_MODEL_VERSION = 2
+#: an older version is rebuilt from the log when the projector starts. 3: cancelled
+#: requests, and a failed or cancelled request's open attempts closed.
+READ_MODEL_VERSION = 3
 
 
 #: How a stored metric row takes a batch's delta (global and per-organization alike).
@@ -226,20 +230,36 @@ class ReadModelStore:
                 video_url = COALESCE(u.video_url, r.video_url),
                 thumbnail_url = COALESCE(u.thumbnail_url, r.thumbnail_url),
                 started_at = COALESCE(r.started_at, u.started_at),
-                updated_at = GREATEST(r.updated_at, u.updated_at)
+                updated_at = GREATEST(r.updated_at, u.updated_at),
+                cancelled_at = CASE WHEN u.status IS NULL THEN r.cancelled_at
+                               ELSE u.cancelled_at END,
+                cancelled_by = CASE WHEN u.status IS NULL THEN r.cancelled_by
+                               ELSE u.cancelled_by END,
+                cancel_reason = CASE WHEN u.status IS NULL THEN r.cancel_reason
+                                ELSE u.cancel_reason END
             FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::int[], $10::jsonb[], $11::text[], $12::timestamptz[],
                 $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
                 $18::text[], $19::text[], $20::jsonb[], $21::timestamptz[], $22::timestamptz[],
                 $23::jsonb[], $24::jsonb[], $25::int[], $26::text[], $27::text[],
-                $28::timestamptz[], $29::timestamptz[])
+                $28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::text[],
+                $32::text[])
               AS u(request_id, correlation_id, has_spec, student_id, organization_id, topic,
                    learning_objective, grade_level, duration_minutes, metadata,
                    idempotency_key, created_at, status, current_stage, waiting_reason,
                    waiting_detail, waiting_until, error_stage, error_message, error_details,
                    completed_at, failed_at, outputs, attempts, retries, video_url,
-                   thumbnail_url, started_at, updated_at)
+                   thumbnail_url, started_at, updated_at, cancelled_at, cancelled_by,
+                   cancel_reason)
             WHERE r.request_id = u.request_id"""
+        # A request that ended closes the attempts it left open, as of when it ended
+        # (an attempt a later retry in the same batch opened is not one of them).
+        self._sql_close = f"""
+            UPDATE {s}.request_stages t SET status = c.status,
+                ended_at = COALESCE(t.ended_at, c.at)
+            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(request_id, status, at)
+            WHERE t.request_id = c.request_id AND t.status IN ('running', 'scheduled')
+              AND COALESCE(t.started_at, t.due_at, c.at) <= c.at"""
         self._sql_stages = f"""
             INSERT INTO {s}.request_stages AS t (request_id, stage, attempt, status, started_at,
                 ended_at, duration_ms, output, error_message, error_details, is_retryable,
@@ -248,8 +268,8 @@ class ReadModelStore:
                 $5::timestamptz[], $6::timestamptz[], $7::float8[], $8::jsonb[], $9::text[],
                 $10::jsonb[], $11::bool[], $12::timestamptz[], $13::bytea[])
             ON CONFLICT (request_id, stage, attempt) DO UPDATE SET
-                status = CASE WHEN t.status IN ('completed', 'failed') THEN t.status
-                         ELSE EXCLUDED.status END,
+                status = CASE WHEN t.status IN ('completed', 'failed', 'abandoned', 'cancelled')
+                         THEN t.status ELSE EXCLUDED.status END,
                 started_at = COALESCE(t.started_at, EXCLUDED.started_at),
                 ended_at = COALESCE(EXCLUDED.ended_at, t.ended_at),
                 duration_ms = COALESCE(EXCLUDED.duration_ms, t.duration_ms),
@@ -341,6 +361,7 @@ class ReadModelStore:
         await conn.execute("SELECT vividly.create_read_model($1)", self.schema)
         await conn.execute("SELECT vividly.create_read_model_safety($1)", self.schema)
         await conn.execute("SELECT vividly.create_read_model_scopes($1)", self.schema)
+        await conn.execute("SELECT vividly.create_read_model_actions($1)", self.schema)
         # A schema nothing has been folded into holds this code's projection from the
         # start; one folded by an older projector stays unstamped (see outdated()).
         await conn.execute(
@@ -487,8 +508,10 @@ class ReadModelStore:
         max_seq = None
         if batch.events:
             max_seq = await conn.fetchval(f"SELECT max(seq) FROM {self.s}.events")
-            if self.notify:
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_seq))
+        if self.notify and (batch.events or next_offsets):
+            # Also when only offsets moved (a batch of duplicates): a read-your-writes
+            # wait is for the position, not for new rows.
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_seq or 0))
         return FoldResult(
             consumed=consumed,
             folded=len(batch.events),
@@ -553,6 +576,9 @@ class ReadModelStore:
                 )
             if merge:
                 await conn.execute(self._sql_stages, *_columns(merge))
+        stored_close = [(rid, st, at) for rid, (st, at) in b.close.items() if rid in b.known]
+        if stored_close:
+            await conn.execute(self._sql_close, *_columns(stored_close))
         for sql, org_sql, deltas in (
             (self._sql_minutes, self._sql_org_minutes, b.stage_minutes),
             (self._sql_hours, self._sql_org_hours, b.stage_hours),
@@ -683,6 +709,9 @@ UPDATE_COLUMNS = (
     "thumbnail_url",
     "started_at",
     "updated_at",
+    "cancelled_at",
+    "cancelled_by",
+    "cancel_reason",
 )
 
 
@@ -692,6 +721,7 @@ def _values(d: Any) -> dict[str, Any]:
     values = dict(zip(_SPEC_COLUMNS, spec, strict=True))
     values["waiting_reason"], values["waiting_detail"], values["waiting_until"] = d.waiting
     values["error_stage"], values["error_message"], values["error_details"] = d.error
+    values["cancelled_by"], values["cancel_reason"], values["cancelled_at"] = d.cancelled
     values.update(
         request_id=d.request_id,
         correlation_id=d.correlation_id,

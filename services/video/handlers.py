@@ -13,7 +13,7 @@ from pybreaker import CircuitBreaker
 from services.video.providers import Storage, Thumbnailer, VideoAPI
 from vividly.errors import ProviderError
 from vividly.events import WorkItem
-from vividly.runtime.stage import StageContext
+from vividly.runtime.stage import Cancelled, StageContext
 
 #: How far past the estimated end (as a share of the time elapsed) the last poll aims.
 DONE_MARGIN = 0.01
@@ -72,6 +72,11 @@ class VideoGeneration:
         while True:
             # A job just submitted is not done: the first look is after first_poll_s.
             await self.sleep(wait)
+            if await ctx.is_cancelled():
+                # Stop the render at the video API too: nobody will download it.
+                await ctx.guarded(self.breaker, lambda: self.api.cancel(job_id, headers))
+                ctx.log("video_job_cancelled", f"Video job {job_id} cancelled at the video API")
+                raise Cancelled(f"the request was cancelled; video job {job_id} cancelled")
             status = await ctx.guarded(self.breaker, lambda: self.api.status(job_id, headers))
             state = status.get("status")
             if state == "completed":

@@ -40,6 +40,10 @@ class VideoAPI(Protocol):
 
     async def status(self, job_id: str, headers: dict[str, str]) -> dict[str, Any]: ...
 
+    async def cancel(self, job_id: str, headers: dict[str, str]) -> None:
+        """Stop the job (its request was cancelled); a job already done stays done."""
+        ...
+
     async def download(self, url: str, headers: dict[str, str]) -> bytes: ...
 
 
@@ -120,6 +124,11 @@ class HttpVideoAPI:
     async def status(self, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
         return await self._json("GET", f"{self.base}/v1/videos/{quote(job_id, safe='')}", headers)
 
+    async def cancel(self, job_id: str, headers: dict[str, str]) -> None:
+        await self._json(
+            "POST", f"{self.base}/v1/videos/{quote(job_id, safe='')}/cancel", headers, {}
+        )
+
     async def download(self, url: str, headers: dict[str, str]) -> bytes:
         """Fetch the finished video. The API key goes only to the video API's own origin
         (scheme, host, port): a video URL on a CDN, or a redirect to one, gets the
@@ -162,6 +171,7 @@ class LocalVideoAPI:
         self.job_seconds = job_seconds
         self.jobs: dict[str, float] = {}
         self.by_key: dict[str, str] = {}
+        self.cancelled: set[str] = set()
 
     async def submit(
         self,
@@ -178,7 +188,12 @@ class LocalVideoAPI:
         self.by_key[idempotency_key] = job
         return job
 
+    async def cancel(self, job_id: str, headers: dict[str, str]) -> None:
+        self.cancelled.add(job_id)
+
     async def status(self, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+        if job_id in self.cancelled:
+            return {"status": "cancelled", "progress": 0, "video_url": None}
         elapsed = time.monotonic() - self.jobs[job_id]
         if elapsed >= self.job_seconds:
             return {"status": "completed", "progress": 100, "video_url": f"local://{job_id}"}

@@ -151,6 +151,21 @@ def test_video_api_contract(video_api: VideoAPI) -> None:
     assert data[4:8] == b"ftyp"
 
 
+def test_video_api_cancel_contract(video_api: VideoAPI) -> None:
+    """A cancelled job reports "cancelled" (never completes), on both implementations."""
+
+    async def run() -> dict[str, Any]:
+        try:
+            job = await video_api.submit("A job nobody wants.", 1, "Unwanted", "r9:1", HEADERS)
+            await video_api.cancel(job, HEADERS)
+            return await video_api.status(job, HEADERS)
+        finally:
+            if isinstance(video_api, HttpVideoAPI):
+                await video_api.close()
+
+    assert asyncio.run(run())["status"] == "cancelled"
+
+
 def test_video_emulator_serves_each_jobs_rendered_file(tmp_path: Path) -> None:
     """Downloads are the rendered MP4's bytes (held in memory), 409 until the job is done."""
     import urllib.error

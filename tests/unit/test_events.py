@@ -49,6 +49,8 @@ def test_every_seed_event_type_is_in_the_contract() -> None:
         "request_retried",
         "breaker_state_changed",
         "request_waiting",
+        "request_cancelled",
+        "bulk_action_requested",
     }
 
 

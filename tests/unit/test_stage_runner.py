@@ -15,7 +15,14 @@ from vividly.config import DLQ_TOPIC, RENDERED, Settings
 from vividly.errors import ProviderError
 from vividly.events import MessageHeaders, WorkItem
 from vividly.runtime.bus import Delivery
-from vividly.runtime.stage import H_NOT_BEFORE, MemoryLedger, Stage, StageContext, StageRunner
+from vividly.runtime.stage import (
+    H_NOT_BEFORE,
+    Cancelled,
+    MemoryLedger,
+    Stage,
+    StageContext,
+    StageRunner,
+)
 from vividly.testing import FakePublisher
 from vividly.tracker import RequestTracker
 
@@ -237,3 +244,41 @@ def test_an_item_addressed_to_another_stage_is_refused() -> None:
 
     with pytest.raises(ValueError, match="runs video_generation"):
         asyncio.run(runner(work, FakePublisher())(D, item(stage="notification")))
+
+
+def test_a_cancelled_request_is_skipped_once_and_sends_nothing_on() -> None:
+    """The fence says cancelled: the work never runs, nothing goes downstream (no retry,
+    dead letter or email), and a redelivery publishes the same skip event again."""
+    pub = FakePublisher()
+    ledger = MemoryLedger()
+    ledger.cancelled_ids.add("r1")
+    ran: list[str] = []
+
+    async def work(_i: WorkItem, _c: StageContext) -> dict[str, Any]:
+        ran.append("work")
+        return {}
+
+    run = runner(work, pub, ledger)
+    assert asyncio.run(run(D, item())) == []
+    assert asyncio.run(run(D, item())) == []  # redelivered
+    assert ran == []
+    events = [m.envelope() for m in pub.messages]
+    assert [e.event_logged.event_type for e in events] == ["stage_cancelled"] * 2
+    assert events[0].event_id == events[1].event_id
+    assert ledger.rows[("r1", "video_generation", 1)].outcome == "cancelled"
+
+
+def test_work_that_sees_the_cancel_midway_ends_cancelled_without_retry_or_email() -> None:
+    pub = FakePublisher()
+    ledger = MemoryLedger()
+
+    async def work(_i: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        ledger.cancelled_ids.add("r1")  # someone cancels while the job runs
+        if await ctx.is_cancelled():
+            raise Cancelled("the request was cancelled; video job j1 cancelled")
+        return {}
+
+    out = asyncio.run(runner(work, pub, ledger)(D, item()))
+    assert out == []
+    assert kinds(pub) == ["stage_started", "event_logged"]
+    assert ledger.rows[("r1", "video_generation", 1)].outcome == "cancelled"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import orjson
@@ -22,12 +23,16 @@ from vividly.events import (
     WorkItem,
     event_type_name,
 )
+from vividly.publish import DeliveryFailed
 from vividly.testing import FakePublisher
 from vividly.tracker import (
     PayloadError,
+    Position,
+    ReadModelBehind,
     ReadSideUnavailable,
     RequestContext,
     RequestTracker,
+    TrackingSession,
     UnknownSeverityError,
     UnknownStageError,
     current_request,
@@ -391,17 +396,26 @@ def test_read_side_calls_without_a_reader_say_what_is_missing(tracker: RequestTr
 def test_read_side_calls_go_to_the_reader(pub: FakePublisher) -> None:
     class Reader:
         def __init__(self) -> None:
-            self.retries: list[tuple[str, str, str]] = []
+            self.retries: list[tuple[str, str, str, Position | None]] = []
 
-        def get_request_status(self, request_id: str) -> dict[str, object] | None:
+        def get_request_status(
+            self, request_id: str, position: Position | None = None, wait_s: float = 5.0
+        ) -> dict[str, object] | None:
             return (
                 {"status": "failed", "error_stage": "video_generation"}
                 if request_id == "r"
                 else None
             )
 
-        def retry_stage(self, request_id: str, stage: str, requested_by: str) -> bool:
-            self.retries.append((request_id, stage, requested_by))
+        def retry_stage(
+            self,
+            request_id: str,
+            stage: str,
+            requested_by: str,
+            position: Position | None = None,
+            wait_s: float = 5.0,
+        ) -> bool:
+            self.retries.append((request_id, stage, requested_by, position))
             return True
 
     reader = Reader()
@@ -410,7 +424,144 @@ def test_read_side_calls_go_to_the_reader(pub: FakePublisher) -> None:
     with pytest.raises(KeyError):
         tracker.get_request_status("missing")
     assert tracker.retry_stage("r", "video_generation", requested_by="admin-1") is True
-    assert reader.retries == [("r", "video_generation", "admin-1")]
+    # Nothing was published for "r" by this tracker: no position to wait for.
+    assert reader.retries == [("r", "video_generation", "admin-1", None)]
+
+
+class LaggingReadModel:
+    """A read model over the fake log that has folded only the first ``folded`` messages
+    of its topic, as a projector behind would: it answers a positioned read only once it
+    has folded past the position, and folds one more message each time it is asked."""
+
+    def __init__(self, pub: FakePublisher, topic: str = TRACKING_TOPIC) -> None:
+        self.pub = pub
+        self.topic = topic
+        self.folded = 0
+        self.waits: list[str] = []
+
+    def _fold(self) -> None:
+        self.folded += 1
+
+    def _state(self, request_id: str) -> dict[str, object] | None:
+        mine = [m.envelope() for m in self.pub.messages if m.topic == self.topic][: self.folded]
+        state: dict[str, object] | None = None
+        for env in mine:
+            if env.request_id != request_id:
+                continue
+            kind = env.WhichOneof("event")
+            if kind == "request_created":
+                state = {"status": "queued", "current_stage": None, "topic": "t"}
+            elif state is not None and kind == "stage_started":
+                state.update(status="running", current_stage=env.stage_started.stage)
+            elif state is not None and kind == "stage_failed":
+                state["current_stage"] = env.stage_failed.stage
+        return state
+
+    def get_request_status(
+        self, request_id: str, position: Position | None = None, wait_s: float = 5.0
+    ) -> dict[str, object] | None:
+        if position is not None:
+            self.waits.append(str(position))
+            for _ in range(1000):  # the API's bounded wait, in steps
+                if self.folded > position.offset:
+                    break
+                self._fold()
+            else:
+                raise ReadModelBehind("behind", position, self.folded)
+        return self._state(request_id)
+
+    def retry_stage(
+        self,
+        request_id: str,
+        stage: str,
+        requested_by: str,
+        position: Position | None = None,
+        wait_s: float = 5.0,
+    ) -> bool:
+        return True
+
+
+def test_get_request_status_reflects_the_trackers_own_writes(pub: FakePublisher) -> None:
+    """The seed's first line: status right after create_request, with a read model that
+    has folded nothing yet, is the request (not KeyError), and after a stage starts it
+    shows that stage: the tracker hands the reader where its last event landed."""
+    model = LaggingReadModel(pub)
+    tracker = RequestTracker(pub, status_reader=model)
+    other, _ = tracker.create_request("s0", "Other topic", "o", "5", 3)
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "o", "5", 3)
+    assert tracker.get_request_status(rid)["status"] == "queued"
+    assert model.waits == ["0:1"]  # the second message on the topic
+    tracker.start_stage(rid, "validation")
+    assert tracker.get_request_status(rid)["current_stage"] == "validation"
+    assert tracker.position(rid) == Position(TRACKING_TOPIC, 0, 2)
+    assert tracker.position(other) == Position(TRACKING_TOPIC, 0, 0)
+    assert tracker.position("never-published") is None
+
+
+def test_a_lost_event_is_reported_not_read_around() -> None:
+    pub = FakePublisher(fail_topics=frozenset({TRACKING_TOPIC}))
+    tracker = RequestTracker(pub, status_reader=LaggingReadModel(pub))
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "o", "5", 3)
+    with pytest.raises(DeliveryFailed, match="not written to the log"):
+        tracker.get_request_status(rid)
+
+
+def test_a_read_model_that_cannot_catch_up_raises_read_model_behind(pub: FakePublisher) -> None:
+    class Stuck(LaggingReadModel):
+        def _fold(self) -> None:  # never folds
+            pass
+
+    tracker = RequestTracker(pub, status_reader=Stuck(pub))
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "o", "5", 3)
+    with pytest.raises(ReadModelBehind) as caught:
+        tracker.get_request_status(rid)
+    assert caught.value.wanted == Position(TRACKING_TOPIC, 0, 0)
+    assert isinstance(caught.value, TimeoutError)
+
+
+def test_an_unacknowledged_write_times_out_as_read_model_behind() -> None:
+    class Silent(FakePublisher):
+        """Queues, never reports a delivery (a broker that does not answer)."""
+
+        def publish(self, topic, key, value, headers, on_delivery=None):  # type: ignore[no-untyped-def]
+            return super().publish(topic, key, value, headers, None)
+
+    pub = Silent()
+    tracker = RequestTracker(pub, status_reader=LaggingReadModel(pub), read_timeout_s=0.2)
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "o", "5", 3)
+    started = time.monotonic()
+    with pytest.raises(ReadModelBehind, match="not acknowledged"):
+        tracker.get_request_status(rid)
+    assert time.monotonic() - started < 5
+
+
+def test_fail_request_without_a_stage_records_the_stage_this_tracker_last_started(
+    tracker: RequestTracker, pub: FakePublisher
+) -> None:
+    rid, _ = new_request(tracker, pub)
+    tracker.start_stage(rid, "validation")
+    tracker.complete_stage(rid, "validation")
+    tracker.start_stage(rid, "video_generation")
+    pub.messages.clear()
+    tracker.fail_request(rid, "boom", error_stage="unknown")
+    tracker.fail_request(rid, "boom")
+    assert [e.request_failed.error_stage for e in pub.envelopes()] == ["video_generation"] * 2
+    other, _ = new_request(tracker, pub)
+    pub.messages.clear()
+    tracker.fail_request(other, "never started")  # nothing started: no stage
+    assert only(pub).request_failed.error_stage == ""
+    tracker.fail_request(rid, "explicit", error_stage="validation")
+    assert pub.envelopes()[-1].request_failed.error_stage == "validation"
+
+
+def test_a_tracking_session_hands_the_tracker_its_publisher_and_reader(
+    pub: FakePublisher,
+) -> None:
+    model = LaggingReadModel(pub)
+    tracker = RequestTracker(TrackingSession(pub, model, producer="worker"))
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "o", "5", 3)
+    assert tracker.get_request_status(rid)["status"] == "queued"
+    assert pub.envelopes()[0].producer == "worker"
 
 
 def test_mark_waiting_records_reason_detail_and_until(

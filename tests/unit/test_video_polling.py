@@ -54,6 +54,9 @@ class TimedJobs:
         progress = min(99, int(100 * elapsed / self.seconds))
         return {"status": "processing", "progress": progress}
 
+    async def cancel(self, job_id: str, headers: dict[str, str]) -> None:
+        raise AssertionError("no job is cancelled in these tests")
+
     async def download(self, url: str, headers: dict[str, str]) -> bytes:
         return b""
 

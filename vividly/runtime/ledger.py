@@ -100,6 +100,21 @@ class PgLedger:
         self._writer = GroupWriter(self._write, lambda r: r, max_batch)
         self._reader: GroupWriter[Key, None, Recorded | None]
         self._reader = GroupWriter(self._read, lambda r: r, max_batch)
+        self._cancels: GroupWriter[str, None, bool]
+        self._cancels = GroupWriter(self._read_cancelled, lambda r: r, max_batch)
+
+    async def cancelled(self, request_id: str) -> bool:
+        """Whether someone cancelled the request (the API's fence, vividly.cancellations)."""
+        return await self._cancels.submit(request_id, None)
+
+    async def _read_cancelled(self, batch: dict[str, None]) -> dict[str, bool]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT request_id FROM vividly.cancellations WHERE request_id = ANY($1::text[])",
+                list(batch),
+            )
+        found = {r["request_id"] for r in rows}
+        return {rid: rid in found for rid in batch}
 
     async def lookup(self, request_id: str, stage: str, attempt: int) -> Recorded | None:
         return await self._reader.submit((request_id, stage, attempt), None)

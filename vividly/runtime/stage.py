@@ -98,10 +98,18 @@ class Ledger(Protocol):
         """Store ``recorded`` unless this attempt has an outcome; return the stored one."""
         ...
 
+    async def cancelled(self, request_id: str) -> bool:
+        """Whether the request was cancelled (its stages are then skipped)."""
+        ...
+
 
 class MemoryLedger:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, int], Recorded] = {}
+        self.cancelled_ids: set[str] = set()
+
+    async def cancelled(self, request_id: str) -> bool:
+        return request_id in self.cancelled_ids
 
     async def lookup(self, request_id: str, stage: str, attempt: int) -> Recorded | None:
         return self.rows.get((request_id, stage, attempt))
@@ -110,6 +118,13 @@ class MemoryLedger:
         self, request_id: str, stage: str, attempt: int, recorded: Recorded
     ) -> Recorded:
         return self.rows.setdefault((request_id, stage, attempt), recorded)
+
+
+class Cancelled(Exception):
+    """Raised by a stage's work that saw its request cancelled (``ctx.is_cancelled()``)
+    and stopped: the attempt ends "cancelled", with no retry, dead letter or email."""
+
+    is_retryable = False
 
 
 class UnpairedBreaker(TypeError):
@@ -131,6 +146,14 @@ class StageContext:
     stage: str
     attempt: int
     breakers: tuple[CircuitBreaker, ...] | None = None
+    cancel_check: Callable[[str], Awaitable[bool]] | None = None
+
+    async def is_cancelled(self) -> bool:
+        """Whether the request was cancelled meanwhile (long work asks between steps and
+        raises :class:`Cancelled`, after undoing what it started outside)."""
+        if self.cancel_check is None:
+            return False
+        return await self.cancel_check(self.item.request_id)
 
     async def guarded(self, breaker: CircuitBreaker, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()`` through ``breaker``, which must be one of the stage's own (the
@@ -270,7 +293,11 @@ class StageRunner:
             )
             self.tracker.republish(done.events)
             return done
-        ctx = StageContext(self.tracker, item, stage.name, attempt, stage.breakers)
+        if await self.ledger.cancelled(rid):
+            return await self._skip(stage, rid, attempt, "the request was cancelled; skipped")
+        ctx = StageContext(
+            self.tracker, item, stage.name, attempt, stage.breakers, self.ledger.cancelled
+        )
         self.tracker.start_stage(rid, stage.name, attempt=attempt)
         started = time.perf_counter()
         watch = self._oldest[stage.name]
@@ -283,6 +310,9 @@ class StageRunner:
                     break
                 except CircuitOpen as exc:
                     await self._hold(rid, stage, exc)
+                except Cancelled as exc:
+                    failure = await self._skip(stage, rid, attempt, str(exc), record=False)
+                    break
                 except Exception as exc:
                     metrics.stage_duration.labels(stage.name, "failed").observe(
                         time.perf_counter() - started
@@ -315,6 +345,25 @@ class StageRunner:
                 "another delivery of this attempt finished first; publishing its outcome",
                 extra={"stage": stage.name, "attempt": attempt},
             )
+        self.tracker.republish(stored.events)
+        return stored
+
+    async def _skip(
+        self, stage: Stage, rid: str, attempt: int, why: str, *, record: bool = True
+    ) -> Recorded:
+        """The request was cancelled: this attempt does nothing more and sends nothing on
+        (no retry, no dead letter, no email). Recorded, so a redelivery does not ask
+        again and publishes the same event."""
+        log.info("skipping a cancelled request", extra={"stage": stage.name, "attempt": attempt})
+        metrics.stages_skipped.labels(stage.name).inc()
+        with self.tracker.capturing() as events:
+            self.tracker.log_event(
+                rid, "stage_cancelled", why, stage_name=stage.name, severity="warning"
+            )
+        mine = Recorded("cancelled", events=tuple(events))
+        if not record:
+            return mine
+        stored = await self.ledger.record(rid, stage.name, attempt, mine)
         self.tracker.republish(stored.events)
         return stored
 

@@ -26,39 +26,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vividly.v1 import work_item_pb2 as vividly_dot_v1_dot_work__item__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vividly/v1/events.proto\x12\nvividly.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1avividly/v1/work_item.proto\"\xc8\x06\n\x08\x45nvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x05 \x01(\t\x12\x16\n\x0eschema_version\x18\x06 \x01(\r\x12\x35\n\x0frequest_created\x18\n \x01(\x0b\x32\x1a.vividly.v1.RequestCreatedH\x00\x12\x35\n\x0frequest_started\x18\x0b \x01(\x0b\x32\x1a.vividly.v1.RequestStartedH\x00\x12\x31\n\rstage_started\x18\x0c \x01(\x0b\x32\x18.vividly.v1.StageStartedH\x00\x12\x35\n\x0fstage_completed\x18\r \x01(\x0b\x32\x1a.vividly.v1.StageCompletedH\x00\x12/\n\x0cstage_failed\x18\x0e \x01(\x0b\x32\x17.vividly.v1.StageFailedH\x00\x12@\n\x15stage_retry_scheduled\x18\x0f \x01(\x0b\x32\x1f.vividly.v1.StageRetryScheduledH\x00\x12/\n\x0c\x65vent_logged\x18\x10 \x01(\x0b\x32\x17.vividly.v1.EventLoggedH\x00\x12\x39\n\x11request_completed\x18\x11 \x01(\x0b\x32\x1c.vividly.v1.RequestCompletedH\x00\x12\x33\n\x0erequest_failed\x18\x12 \x01(\x0b\x32\x19.vividly.v1.RequestFailedH\x00\x12\x35\n\x0frequest_retried\x18\x13 \x01(\x0b\x32\x1a.vividly.v1.RequestRetriedH\x00\x12@\n\x15\x62reaker_state_changed\x18\x14 \x01(\x0b\x32\x1f.vividly.v1.BreakerStateChangedH\x00\x12\x35\n\x0frequest_waiting\x18\x15 \x01(\x0b\x32\x1a.vividly.v1.RequestWaitingH\x00\x42\x07\n\x05\x65vent\":\n\x0eRequestCreated\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.vividly.v1.RequestSpec\"\x10\n\x0eRequestStarted\".\n\x0cStageStarted\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"Z\n\x0eStageCompleted\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0boutput_json\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\"\xb0\x01\n\x0bStageFailed\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x1a\n\x12\x65rror_details_json\x18\x04 \x01(\x0c\x12\x14\n\x0cis_retryable\x18\x05 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12#\n\x05input\x18\x07 \x01(\x0b\x32\x14.vividly.v1.WorkItem\"q\n\x13StageRetryScheduled\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12*\n\x06\x64ue_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x82\x01\n\x0b\x45ventLogged\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12&\n\x08severity\x18\x04 \x01(\x0e\x32\x14.vividly.v1.Severity\x12\x17\n\x0f\x65vent_data_json\x18\x05 \x01(\x0c\"Q\n\x10RequestCompleted\x12\x11\n\tvideo_url\x18\x01 \x01(\t\x12\x13\n\x0bscript_text\x18\x02 \x01(\t\x12\x15\n\rthumbnail_url\x18\x03 \x01(\t\"W\n\rRequestFailed\x12\x15\n\rerror_message\x18\x01 \x01(\t\x12\x13\n\x0b\x65rror_stage\x18\x02 \x01(\t\x12\x1a\n\x12\x65rror_details_json\x18\x03 \x01(\x0c\"F\n\x0eRequestRetried\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"j\n\x0eRequestWaiting\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x13\x42reakerStateChanged\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\x12\x11\n\told_state\x18\x02 \x01(\t\x12\x11\n\tnew_state\x18\x03 \x01(\t\x12\x14\n\x0c\x66\x61il_counter\x18\x04 \x01(\x03\x12\x17\n\x0fsuccess_counter\x18\x05 \x01(\x03\x12\x13\n\x0btotal_calls\x18\x06 \x01(\x03\x12\x16\n\x0etotal_failures\x18\x07 \x01(\x03*\x8c\x01\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_DEBUG\x10\x01\x12\x11\n\rSEVERITY_INFO\x10\x02\x12\x14\n\x10SEVERITY_WARNING\x10\x03\x12\x12\n\x0eSEVERITY_ERROR\x10\x04\x12\x15\n\x11SEVERITY_CRITICAL\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vividly/v1/events.proto\x12\nvividly.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1avividly/v1/work_item.proto\"\xc5\x07\n\x08\x45nvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x05 \x01(\t\x12\x16\n\x0eschema_version\x18\x06 \x01(\r\x12\x35\n\x0frequest_created\x18\n \x01(\x0b\x32\x1a.vividly.v1.RequestCreatedH\x00\x12\x35\n\x0frequest_started\x18\x0b \x01(\x0b\x32\x1a.vividly.v1.RequestStartedH\x00\x12\x31\n\rstage_started\x18\x0c \x01(\x0b\x32\x18.vividly.v1.StageStartedH\x00\x12\x35\n\x0fstage_completed\x18\r \x01(\x0b\x32\x1a.vividly.v1.StageCompletedH\x00\x12/\n\x0cstage_failed\x18\x0e \x01(\x0b\x32\x17.vividly.v1.StageFailedH\x00\x12@\n\x15stage_retry_scheduled\x18\x0f \x01(\x0b\x32\x1f.vividly.v1.StageRetryScheduledH\x00\x12/\n\x0c\x65vent_logged\x18\x10 \x01(\x0b\x32\x17.vividly.v1.EventLoggedH\x00\x12\x39\n\x11request_completed\x18\x11 \x01(\x0b\x32\x1c.vividly.v1.RequestCompletedH\x00\x12\x33\n\x0erequest_failed\x18\x12 \x01(\x0b\x32\x19.vividly.v1.RequestFailedH\x00\x12\x35\n\x0frequest_retried\x18\x13 \x01(\x0b\x32\x1a.vividly.v1.RequestRetriedH\x00\x12@\n\x15\x62reaker_state_changed\x18\x14 \x01(\x0b\x32\x1f.vividly.v1.BreakerStateChangedH\x00\x12\x35\n\x0frequest_waiting\x18\x15 \x01(\x0b\x32\x1a.vividly.v1.RequestWaitingH\x00\x12\x39\n\x11request_cancelled\x18\x16 \x01(\x0b\x32\x1c.vividly.v1.RequestCancelledH\x00\x12@\n\x15\x62ulk_action_requested\x18\x17 \x01(\x0b\x32\x1f.vividly.v1.BulkActionRequestedH\x00\x42\x07\n\x05\x65vent\":\n\x0eRequestCreated\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.vividly.v1.RequestSpec\"\x10\n\x0eRequestStarted\".\n\x0cStageStarted\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"Z\n\x0eStageCompleted\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0boutput_json\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\"\xb0\x01\n\x0bStageFailed\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x1a\n\x12\x65rror_details_json\x18\x04 \x01(\x0c\x12\x14\n\x0cis_retryable\x18\x05 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12#\n\x05input\x18\x07 \x01(\x0b\x32\x14.vividly.v1.WorkItem\"q\n\x13StageRetryScheduled\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12*\n\x06\x64ue_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x82\x01\n\x0b\x45ventLogged\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12&\n\x08severity\x18\x04 \x01(\x0e\x32\x14.vividly.v1.Severity\x12\x17\n\x0f\x65vent_data_json\x18\x05 \x01(\x0c\"Q\n\x10RequestCompleted\x12\x11\n\tvideo_url\x18\x01 \x01(\t\x12\x13\n\x0bscript_text\x18\x02 \x01(\t\x12\x15\n\rthumbnail_url\x18\x03 \x01(\t\"W\n\rRequestFailed\x12\x15\n\rerror_message\x18\x01 \x01(\t\x12\x13\n\x0b\x65rror_stage\x18\x02 \x01(\t\x12\x1a\n\x12\x65rror_details_json\x18\x03 \x01(\x0c\"W\n\x0eRequestRetried\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07\x62ulk_id\x18\x04 \x01(\t\"I\n\x10RequestCancelled\x12\x14\n\x0crequested_by\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x62ulk_id\x18\x03 \x01(\t\"\xb2\x01\n\x13\x42ulkActionRequested\x12\x0f\n\x07\x62ulk_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\x0c\x12\r\n\x05\x63ount\x18\x05 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x17\n\x0forganization_id\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\"j\n\x0eRequestWaiting\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x13\x42reakerStateChanged\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\x12\x11\n\told_state\x18\x02 \x01(\t\x12\x11\n\tnew_state\x18\x03 \x01(\t\x12\x14\n\x0c\x66\x61il_counter\x18\x04 \x01(\x03\x12\x17\n\x0fsuccess_counter\x18\x05 \x01(\x03\x12\x13\n\x0btotal_calls\x18\x06 \x01(\x03\x12\x16\n\x0etotal_failures\x18\x07 \x01(\x03*\x8c\x01\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_DEBUG\x10\x01\x12\x11\n\rSEVERITY_INFO\x10\x02\x12\x14\n\x10SEVERITY_WARNING\x10\x03\x12\x12\n\x0eSEVERITY_ERROR\x10\x04\x12\x15\n\x11SEVERITY_CRITICAL\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vividly.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEVERITY']._serialized_start=2112
-  _globals['_SEVERITY']._serialized_end=2252
+  _globals['_SEVERITY']._serialized_start=2510
+  _globals['_SEVERITY']._serialized_end=2650
   _globals['_ENVELOPE']._serialized_start=101
-  _globals['_ENVELOPE']._serialized_end=941
-  _globals['_REQUESTCREATED']._serialized_start=943
-  _globals['_REQUESTCREATED']._serialized_end=1001
-  _globals['_REQUESTSTARTED']._serialized_start=1003
-  _globals['_REQUESTSTARTED']._serialized_end=1019
-  _globals['_STAGESTARTED']._serialized_start=1021
-  _globals['_STAGESTARTED']._serialized_end=1067
-  _globals['_STAGECOMPLETED']._serialized_start=1069
-  _globals['_STAGECOMPLETED']._serialized_end=1159
-  _globals['_STAGEFAILED']._serialized_start=1162
-  _globals['_STAGEFAILED']._serialized_end=1338
-  _globals['_STAGERETRYSCHEDULED']._serialized_start=1340
-  _globals['_STAGERETRYSCHEDULED']._serialized_end=1453
-  _globals['_EVENTLOGGED']._serialized_start=1456
-  _globals['_EVENTLOGGED']._serialized_end=1586
-  _globals['_REQUESTCOMPLETED']._serialized_start=1588
-  _globals['_REQUESTCOMPLETED']._serialized_end=1669
-  _globals['_REQUESTFAILED']._serialized_start=1671
-  _globals['_REQUESTFAILED']._serialized_end=1758
-  _globals['_REQUESTRETRIED']._serialized_start=1760
-  _globals['_REQUESTRETRIED']._serialized_end=1830
-  _globals['_REQUESTWAITING']._serialized_start=1832
-  _globals['_REQUESTWAITING']._serialized_end=1938
-  _globals['_BREAKERSTATECHANGED']._serialized_start=1941
-  _globals['_BREAKERSTATECHANGED']._serialized_end=2109
+  _globals['_ENVELOPE']._serialized_end=1066
+  _globals['_REQUESTCREATED']._serialized_start=1068
+  _globals['_REQUESTCREATED']._serialized_end=1126
+  _globals['_REQUESTSTARTED']._serialized_start=1128
+  _globals['_REQUESTSTARTED']._serialized_end=1144
+  _globals['_STAGESTARTED']._serialized_start=1146
+  _globals['_STAGESTARTED']._serialized_end=1192
+  _globals['_STAGECOMPLETED']._serialized_start=1194
+  _globals['_STAGECOMPLETED']._serialized_end=1284
+  _globals['_STAGEFAILED']._serialized_start=1287
+  _globals['_STAGEFAILED']._serialized_end=1463
+  _globals['_STAGERETRYSCHEDULED']._serialized_start=1465
+  _globals['_STAGERETRYSCHEDULED']._serialized_end=1578
+  _globals['_EVENTLOGGED']._serialized_start=1581
+  _globals['_EVENTLOGGED']._serialized_end=1711
+  _globals['_REQUESTCOMPLETED']._serialized_start=1713
+  _globals['_REQUESTCOMPLETED']._serialized_end=1794
+  _globals['_REQUESTFAILED']._serialized_start=1796
+  _globals['_REQUESTFAILED']._serialized_end=1883
+  _globals['_REQUESTRETRIED']._serialized_start=1885
+  _globals['_REQUESTRETRIED']._serialized_end=1972
+  _globals['_REQUESTCANCELLED']._serialized_start=1974
+  _globals['_REQUESTCANCELLED']._serialized_end=2047
+  _globals['_BULKACTIONREQUESTED']._serialized_start=2050
+  _globals['_BULKACTIONREQUESTED']._serialized_end=2228
+  _globals['_REQUESTWAITING']._serialized_start=2230
+  _globals['_REQUESTWAITING']._serialized_end=2336
+  _globals['_BREAKERSTATECHANGED']._serialized_start=2339
+  _globals['_BREAKERSTATECHANGED']._serialized_end=2507
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ SEVERITY_ERROR: Severity
 SEVERITY_CRITICAL: Severity
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "request_id", "correlation_id", "occurred_at", "producer", "schema_version", "request_created", "request_started", "stage_started", "stage_completed", "stage_failed", "stage_retry_scheduled", "event_logged", "request_completed", "request_failed", "request_retried", "breaker_state_changed", "request_waiting")
+    __slots__ = ("event_id", "request_id", "correlation_id", "occurred_at", "producer", "schema_version", "request_created", "request_started", "stage_started", "stage_completed", "stage_failed", "stage_retry_scheduled", "event_logged", "request_completed", "request_failed", "request_retried", "breaker_state_changed", "request_waiting", "request_cancelled", "bulk_action_requested")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class Envelope(_message.Message):
     REQUEST_RETRIED_FIELD_NUMBER: _ClassVar[int]
     BREAKER_STATE_CHANGED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_WAITING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    BULK_ACTION_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     correlation_id: str
@@ -63,7 +65,9 @@ class Envelope(_message.Message):
     request_retried: RequestRetried
     breaker_state_changed: BreakerStateChanged
     request_waiting: RequestWaiting
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., schema_version: _Optional[int] = ..., request_created: _Optional[_Union[RequestCreated, _Mapping]] = ..., request_started: _Optional[_Union[RequestStarted, _Mapping]] = ..., stage_started: _Optional[_Union[StageStarted, _Mapping]] = ..., stage_completed: _Optional[_Union[StageCompleted, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., stage_retry_scheduled: _Optional[_Union[StageRetryScheduled, _Mapping]] = ..., event_logged: _Optional[_Union[EventLogged, _Mapping]] = ..., request_completed: _Optional[_Union[RequestCompleted, _Mapping]] = ..., request_failed: _Optional[_Union[RequestFailed, _Mapping]] = ..., request_retried: _Optional[_Union[RequestRetried, _Mapping]] = ..., breaker_state_changed: _Optional[_Union[BreakerStateChanged, _Mapping]] = ..., request_waiting: _Optional[_Union[RequestWaiting, _Mapping]] = ...) -> None: ...
+    request_cancelled: RequestCancelled
+    bulk_action_requested: BulkActionRequested
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[str] = ..., schema_version: _Optional[int] = ..., request_created: _Optional[_Union[RequestCreated, _Mapping]] = ..., request_started: _Optional[_Union[RequestStarted, _Mapping]] = ..., stage_started: _Optional[_Union[StageStarted, _Mapping]] = ..., stage_completed: _Optional[_Union[StageCompleted, _Mapping]] = ..., stage_failed: _Optional[_Union[StageFailed, _Mapping]] = ..., stage_retry_scheduled: _Optional[_Union[StageRetryScheduled, _Mapping]] = ..., event_logged: _Optional[_Union[EventLogged, _Mapping]] = ..., request_completed: _Optional[_Union[RequestCompleted, _Mapping]] = ..., request_failed: _Optional[_Union[RequestFailed, _Mapping]] = ..., request_retried: _Optional[_Union[RequestRetried, _Mapping]] = ..., breaker_state_changed: _Optional[_Union[BreakerStateChanged, _Mapping]] = ..., request_waiting: _Optional[_Union[RequestWaiting, _Mapping]] = ..., request_cancelled: _Optional[_Union[RequestCancelled, _Mapping]] = ..., bulk_action_requested: _Optional[_Union[BulkActionRequested, _Mapping]] = ...) -> None: ...
 
 class RequestCreated(_message.Message):
     __slots__ = ("request",)
@@ -160,14 +164,46 @@ class RequestFailed(_message.Message):
     def __init__(self, error_message: _Optional[str] = ..., error_stage: _Optional[str] = ..., error_details_json: _Optional[bytes] = ...) -> None: ...
 
 class RequestRetried(_message.Message):
-    __slots__ = ("stage", "requested_by", "attempt")
+    __slots__ = ("stage", "requested_by", "attempt", "bulk_id")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    BULK_ID_FIELD_NUMBER: _ClassVar[int]
     stage: str
     requested_by: str
     attempt: int
-    def __init__(self, stage: _Optional[str] = ..., requested_by: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    bulk_id: str
+    def __init__(self, stage: _Optional[str] = ..., requested_by: _Optional[str] = ..., attempt: _Optional[int] = ..., bulk_id: _Optional[str] = ...) -> None: ...
+
+class RequestCancelled(_message.Message):
+    __slots__ = ("requested_by", "reason", "bulk_id")
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BULK_ID_FIELD_NUMBER: _ClassVar[int]
+    requested_by: str
+    reason: str
+    bulk_id: str
+    def __init__(self, requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., bulk_id: _Optional[str] = ...) -> None: ...
+
+class BulkActionRequested(_message.Message):
+    __slots__ = ("bulk_id", "action", "requested_by", "filter_json", "count", "idempotency_key", "organization_id", "reason")
+    BULK_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    bulk_id: str
+    action: str
+    requested_by: str
+    filter_json: bytes
+    count: int
+    idempotency_key: str
+    organization_id: str
+    reason: str
+    def __init__(self, bulk_id: _Optional[str] = ..., action: _Optional[str] = ..., requested_by: _Optional[str] = ..., filter_json: _Optional[bytes] = ..., count: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., organization_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RequestWaiting(_message.Message):
     __slots__ = ("stage", "reason", "detail", "until")

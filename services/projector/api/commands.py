@@ -9,7 +9,7 @@ from typing import Any
 
 from services.projector.api import views
 from services.projector.store import LIVE_SCHEMA, quote_ident
-from vividly.config import STAGE_INPUT_TOPICS
+from vividly.config import STAGE_INPUT_TOPICS, TRACKING_TOPIC
 from vividly.events import WorkItem
 from vividly.publish import DeliveryFailed, KafkaPublisher, Outgoing
 from vividly.publish import publish_acked as acked
@@ -32,6 +32,9 @@ class RetryAccepted:
     stage: str
     attempt: int
     requested_by: str
+    position: str | None = None
+    #: False when no work item was sent: the request's own worker runs the stage.
+    dispatched: bool = True
 
 
 #: The broker did not acknowledge a message (failed, or not in time): answer 503.
@@ -40,10 +43,20 @@ PublishFailed = DeliveryFailed
 
 async def publish_acked(
     publisher: KafkaPublisher, messages: Sequence[Captured], timeout: float = 15.0
-) -> None:
+) -> str | None:
     """Publish ``messages`` and wait for each one's own acknowledgement, at most
-    ``timeout`` seconds (:func:`vividly.publish.publish_acked`)."""
-    await acked(publisher, messages, timeout)
+    ``timeout`` seconds (:func:`vividly.publish.publish_acked`). Returns where the last
+    tracking event of them landed (``partition:offset``, for read-your-writes)."""
+    landed = await acked(publisher, messages, timeout)
+    return last_position(messages, landed)
+
+
+def last_position(messages: Sequence[Captured], landed: Sequence[tuple[int, int]]) -> str | None:
+    """The ``partition:offset`` of the last tracking event among ``messages``."""
+    for (topic, *_), (partition, offset) in zip(reversed(messages), reversed(landed), strict=True):
+        if topic == TRACKING_TOPIC and partition >= 0:
+            return f"{partition}:{offset}"
+    return None
 
 
 async def retry_failed(
@@ -68,35 +81,47 @@ async def retry_failed(
             "retry_budget_spent", f"request {rid} was retried {request['retry_count']} times"
         )
     source = await views.retry_source(conn, rid, failed_stage)
+    item: WorkItem | None = None
     if source is None:
-        raise RetryRefused(
-            "no_work_item", f"no kept work item for {failed_stage}; cannot retry from the log"
+        # Nothing of the pipeline's kept: the request is driven by the caller's own worker
+        # (the seed's retry_failed_request). The retry is recorded and counted, and the
+        # caller runs the stage itself.
+        top_attempt = int(
+            await conn.fetchval(
+                f"SELECT coalesce(max(attempt), 0) FROM {S}.request_stages"
+                " WHERE request_id = $1 AND stage = $2",
+                rid,
+                failed_stage,
+            )
         )
-    top_attempt, raw = source
-    item = WorkItem()
-    item.ParseFromString(raw)
-    item.stage = failed_stage
-    item.attempt = top_attempt + 1
-    item.ClearField("failure")
+        attempt = top_attempt + 1
+    else:
+        top_attempt, raw = source
+        item = WorkItem()
+        item.ParseFromString(raw)
+        item.stage = failed_stage
+        item.attempt = attempt = top_attempt + 1
+        item.ClearField("failure")
     claimed = await conn.fetchval(
         "INSERT INTO vividly.retry_log (request_id, stage, attempt, requested_by)"
         " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING attempt",
         rid,
         failed_stage,
-        item.attempt,
+        attempt,
         requested_by,
     )
     if claimed is None:
         raise RetryRefused(
-            "retry_in_progress", f"attempt {item.attempt} of {failed_stage} was already requested"
+            "retry_in_progress", f"attempt {attempt} of {failed_stage} was already requested"
         )
-    tracker.bind(rid, item.correlation_id)
-    out = Outgoing.work_item(STAGE_INPUT_TOPICS[failed_stage], item)
+    tracker.bind(rid, item.correlation_id if item else request.get("correlation_id") or "")
     try:
         with tracker.capturing() as events:
-            tracker.request_retried(rid, failed_stage, requested_by, item.attempt)
-        await publish_acked(publisher, events)
-        await publish_acked(publisher, [(out.topic, out.key, out.value, out.headers)])
+            tracker.request_retried(rid, failed_stage, requested_by, attempt)
+        position = await publish_acked(publisher, events)
+        if item is not None:
+            out = Outgoing.work_item(STAGE_INPUT_TOPICS[failed_stage], item)
+            await publish_acked(publisher, [(out.topic, out.key, out.value, out.headers)])
     except PublishFailed:
         # Nothing of this retry is known to be in the log: give the attempt back, so
         # asking again is not refused as "already requested".
@@ -104,7 +129,7 @@ async def retry_failed(
             "DELETE FROM vividly.retry_log WHERE request_id = $1 AND stage = $2 AND attempt = $3",
             rid,
             failed_stage,
-            item.attempt,
+            attempt,
         )
         raise
-    return RetryAccepted(rid, failed_stage, item.attempt, requested_by)
+    return RetryAccepted(rid, failed_stage, attempt, requested_by, position, item is not None)

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
+from services.projector.api.logends import LogEnds
 from services.projector.api.stream import Hub
-from vividly.config import Settings
+from vividly.config import TRACKING_TOPIC, Settings
 from vividly.publish import KafkaPublisher
 from vividly.runtime.auth import AuthError, Principal, verify
 from vividly.tracker import RequestTracker
@@ -25,6 +26,7 @@ class AppState:
     hub: Hub
     publisher: KafkaPublisher
     tracker: RequestTracker
+    log_ends: LogEnds | None = None
 
 
 def get_state(request: Request) -> AppState:
@@ -74,6 +76,65 @@ async def get_conn(state: State) -> AsyncIterator[Any]:
 
 Conn = Annotated[Any, Depends(get_conn)]
 
+#: A log position as the tracker hands it back (``partition:offset`` of tracking.events).
+POSITION_PATTERN = r"^[0-9]{1,5}:[0-9]{1,18}$"
+
+
+async def read_after(
+    state: State,
+    position: Annotated[
+        str | None,
+        Query(
+            pattern=POSITION_PATTERN,
+            description="Read your writes: answer only once the read model has folded "
+            "tracking.events past this `partition:offset` (the position a write returned)",
+        ),
+    ] = None,
+    wait_s: Annotated[
+        float, Query(ge=0, le=10, description="How long to wait for `position` (seconds)")
+    ] = 5.0,
+) -> str | None:
+    """Waits, boundedly, until the projector has folded past ``position``; 503
+    ``read_model_behind`` (with how far it got) when it has not in time; 409
+    ``position_not_in_log`` for a position the log has not given (no such partition, or
+    past the log's end)."""
+    if position is None:
+        return None
+    partition, offset = (int(x) for x in position.split(":"))
+    reached, folded = await state.hub.folded_past(TRACKING_TOPIC, partition, offset, 0)
+    if reached:
+        return position
+    if state.log_ends is not None:
+        end = await state.log_ends.end(partition)
+        if end is not None and offset >= end:
+            # Not one the log has given (yet): a conflict with the log's state, not a
+            # malformed value (the log may grow to it).
+            what = "no such partition" if end < 0 else f"the log ends at {partition}:{end}"
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                {
+                    "code": "position_not_in_log",
+                    "message": f"{position} is not a position of {TRACKING_TOPIC}: {what}",
+                    "wanted": position,
+                },
+            )
+    reached, folded = await state.hub.folded_past(TRACKING_TOPIC, partition, offset, wait_s)
+    if not reached:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {
+                "code": "read_model_behind",
+                "message": f"the read model has not folded past {position} within {wait_s:g} s",
+                "wanted": position,
+                "folded": None if folded is None else f"{partition}:{folded - 1}",
+            },
+            headers={"Retry-After": "1"},
+        )
+    return position
+
+
+ReadAfter = Annotated[str | None, Depends(read_after)]
+
 
 # ---------------------------------------------------------------------- documented errors
 class FieldError(BaseModel):
@@ -88,6 +149,8 @@ class FieldError(BaseModel):
 
 
 class Problem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     code: str
     message: str
 
@@ -110,5 +173,6 @@ ERROR_TEXT = {
     413: "The body is larger than the API reads (VIVIDLY_API_MAX_BODY_BYTES)",
     422: "A parameter or body field is invalid; the detail names it",
     429: "Too many stream clients on this API process; retry after Retry-After seconds",
-    503: "The event log did not acknowledge the write (nothing was accepted); retry",
+    503: "The event log did not acknowledge the write (nothing was accepted), or the read "
+    "model has not reached the given position in time (code read_model_behind); retry",
 }

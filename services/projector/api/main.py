@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
@@ -22,7 +23,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.projector.api import views
 from services.projector.api.deps import AppState
+from services.projector.api.logends import LogEnds
 from services.projector.api.routes import health, monitoring, requests
 from services.projector.api.security import (
     BodyLimit,
@@ -32,7 +35,7 @@ from services.projector.api.security import (
 )
 from services.projector.api.stream import Hub
 from vividly import metrics
-from vividly.config import Settings, topic_plan
+from vividly.config import STAGES, TRACKING_TOPIC, Settings, topic_plan
 from vividly.logs import configure_logging
 from vividly.publish import KafkaPublisher
 from vividly.runtime.auth import WeakSecret, check_secret
@@ -74,6 +77,21 @@ class RouteTiming:
             )
 
 
+async def _stalled_gauge(settings: Settings, pool: Any) -> None:
+    """Keep vividly_requests_stalled{stage} current (every stalled_refresh_s)."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                counts = await views.stalled_counts(
+                    conn, None, settings.stage_expected_s, settings.expected_s(None)
+                )
+            for stage in STAGES:
+                metrics.requests_stalled.labels(stage).set(counts.get(stage, 0))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot count stalled requests", extra={"error": str(exc)})
+        await asyncio.sleep(settings.stalled_refresh_s)
+
+
 def create_app(settings: Settings) -> FastAPI:
     secret = settings.effective_jwt_secret()
     check_secret(secret)  # before anything listens: WeakSecret
@@ -98,14 +116,18 @@ def create_app(settings: Settings) -> FastAPI:
         await hub.start()
         publisher = KafkaPublisher(settings, "api")
         tracker = RequestTracker.from_settings(settings, publisher)
-        app.state.vividly = AppState(settings, secret, pool, hub, publisher, tracker)
+        log_ends = LogEnds(settings, TRACKING_TOPIC)
+        app.state.vividly = AppState(settings, secret, pool, hub, publisher, tracker, log_ends)
+        gauges = asyncio.create_task(_stalled_gauge(settings, pool), name="stalled-gauge")
         log.info("api ready", extra={"port": settings.api_port})
         try:
             yield
         finally:
+            gauges.cancel()
             await hub.stop()
             await pool.close()
             await asyncio.to_thread(publisher.close, 10.0)
+            await asyncio.to_thread(log_ends.close)
 
     app = FastAPI(
         title="Vividly monitoring API",

@@ -248,6 +248,35 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(folded.wait(), min(remaining, 0.5))
 
+    async def folded_past(
+        self, topic: str, partition: int, offset: int, timeout_s: float
+    ) -> tuple[bool, int | None]:
+        """Wait (at most ``timeout_s``) until the projector has folded ``partition`` of
+        ``topic`` past ``offset``: checked now and after each projector commit. Returns
+        whether it has, and the partition's next offset to fold (None: nothing folded
+        from it yet, or Postgres unreachable)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            folded = self._folded
+            try:
+                async with self.pool.acquire() as conn:
+                    next_offset = await conn.fetchval(
+                        f"SELECT next_offset FROM {S}.projector_offsets"
+                        " WHERE topic = $1 AND partition = $2",
+                        topic,
+                        partition,
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                next_offset = None
+            if next_offset is not None and next_offset > offset:
+                return True, int(next_offset)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False, None if next_offset is None else int(next_offset)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(folded.wait(), min(remaining, 0.25))
+
     async def _pump(self) -> None:
         while True:
             await self._wake.wait()

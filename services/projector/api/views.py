@@ -7,6 +7,7 @@ scope in SQL. Timestamps are returned as ISO 8601 strings.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,15 +19,119 @@ from vividly.config import STAGES
 from vividly.rules import ID_CHARS
 from vividly.runtime.auth import Principal
 
-STATUSES = ("queued", "running", "waiting", "completed", "failed")
+STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
 _STAGE_ORDER = {s: i for i, s in enumerate(STAGES)}
 S = quote_ident(LIVE_SCHEMA)
 
 SUMMARY_COLUMNS = (
     "request_id, correlation_id, status, current_stage, waiting_reason, waiting_until,"
     " topic, grade_level, duration_minutes, student_id, organization_id, error_stage,"
-    " created_at, updated_at, completed_at, failed_at, retry_count"
+    " error_message, created_at, updated_at, completed_at, failed_at, cancelled_at,"
+    " retry_count"
 )
+
+
+# ---------------------------------------------------------------------- filters
+@dataclass(frozen=True, slots=True)
+class RequestFilter:
+    """Which requests a list, a dry run or a bulk action covers (ANDed with the caller's
+    scope). ``status`` is a status, "active" or "stalled"; ``stage`` the current stage;
+    ``failed_at`` the stage a failed request failed in; ``q`` words of the topic or
+    objective, ``error`` words of the error (full-text); ``since``/``until`` bound
+    ``created_at``; ``slower_than_ms`` a stage attempt (of ``stage`` when given) longer
+    than that."""
+
+    status: str | None = None
+    stage: str | None = None
+    failed_at: str | None = None
+    organization_id: str | None = None
+    student_id: str | None = None
+    q: str | None = None
+    error: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    slower_than_ms: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+def silent_since_sql() -> str:
+    """When a request's clock as "silent" starts: its last event, or the end of a wait
+    whose end it was told (a breaker's retry time, a scheduled retry)."""
+    return "greatest(updated_at, coalesce(waiting_until, updated_at))"
+
+
+def expected_sql(expected: dict[str, float], default: float) -> str:
+    """Seconds a request may stay silent in its current stage, as SQL (literal numbers
+    from the settings, never caller input)."""
+    cases = " ".join(
+        f"WHEN '{stage}' THEN {float(expected.get(stage, default))!r}" for stage in STAGES
+    )
+    return f"(CASE current_stage {cases} ELSE {float(default)!r} END)::float8"
+
+
+def stalled_sql(expected: dict[str, float], default: float) -> str:
+    return (
+        f"(status IN ('queued', 'running', 'waiting') AND {silent_since_sql()}"
+        f" < now() - make_interval(secs => {expected_sql(expected, default)}))"
+    )
+
+
+def filter_sql(
+    flt: RequestFilter,
+    who: Principal,
+    params: list[Any],
+    expected: dict[str, float],
+    default_expected: float,
+) -> list[str]:
+    """The WHERE clauses (ANDed) for ``flt`` within ``who``'s scope; values go into
+    ``params``."""
+    where = [who.scope_sql(params)]
+    if flt.status == "active":
+        params.append(list(ACTIVE))
+        where.append(f"status = ANY(${len(params)}::text[])")
+    elif flt.status == "stalled":
+        where.append(stalled_sql(expected, default_expected))
+    elif flt.status:
+        params.append(flt.status)
+        where.append(f"status = ${len(params)}")
+    if flt.failed_at:
+        params.append(flt.failed_at)
+        where.append(f"status = 'failed' AND error_stage = ${len(params)}")
+    for column, value in (
+        ("current_stage", flt.stage if flt.slower_than_ms is None else None),
+        ("organization_id", flt.organization_id),
+        ("student_id", flt.student_id),
+    ):
+        if value:
+            params.append(value)
+            where.append(f"{column} = ${len(params)}")
+    if flt.q:
+        params.append(flt.q)
+        where.append(f"search @@ plainto_tsquery('simple', ${len(params)})")
+    if flt.error:
+        params.append(flt.error)
+        where.append(f"error_search @@ plainto_tsquery('simple', ${len(params)})")
+    if flt.since is not None:
+        params.append(flt.since)
+        where.append(f"created_at >= ${len(params)}")
+    if flt.until is not None:
+        params.append(flt.until)
+        where.append(f"created_at < ${len(params)}")
+    if flt.slower_than_ms is not None:
+        params.append(flt.slower_than_ms)
+        cond = f"s.duration_ms > ${len(params)}"
+        if flt.stage:
+            params.append(flt.stage)
+            cond += f" AND s.stage = ${len(params)}"
+        where.append(f"request_id IN (SELECT s.request_id FROM {S}.request_stages s WHERE {cond})")
+    return where
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -183,7 +288,25 @@ async def _request_figures(conn: Any, who: Principal, grain: str, since: datetim
 
 
 # ---------------------------------------------------------------------- dashboard
-async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
+async def stalled_counts(
+    conn: Any, who: Principal | None, expected: dict[str, float], default: float
+) -> dict[str, int]:
+    """Stalled requests per current stage, in ``who``'s scope (None: everyone's)."""
+    params: list[Any] = []
+    where = [stalled_sql(expected, default)]
+    if who is not None:
+        where.append(who.scope_sql(params))
+    rows = await conn.fetch(
+        f"SELECT coalesce(current_stage, '') AS stage, count(*) AS n FROM {S}.requests"
+        f" WHERE {' AND '.join(where)} GROUP BY 1",
+        *params,
+    )
+    return {r["stage"]: int(r["n"]) for r in rows}
+
+
+async def dashboard(
+    conn: Any, who: Principal, expected: dict[str, float] | None = None, default: float = 900.0
+) -> dict[str, Any]:
     counts = dict.fromkeys(STATUSES, 0)
     if who.role == "student":
         params: list[Any] = []
@@ -248,6 +371,8 @@ async def dashboard(conn: Any, who: Principal) -> dict[str, Any]:
             "stages": stage_stats,
         },
         "breakers": await breakers(conn, who),
+        # Unfinished requests not heard of for longer than their stage allows.
+        "stalled": await stalled_counts(conn, who, expected or {}, default),
         # Poison events the fold set aside (every tenant's raw bytes): admins only.
         "quarantined": (
             int(await conn.fetchval(f"SELECT count(*) FROM {S}.quarantine"))
@@ -283,56 +408,74 @@ async def breakers(conn: Any, who: Principal) -> list[dict[str, Any]]:
 async def list_requests(
     conn: Any,
     who: Principal,
+    flt: RequestFilter,
     *,
-    status: str | None,
-    stage: str | None,
-    organization_id: str | None,
-    student_id: str | None,
-    q: str | None,
     limit: int,
     cursor: str | None,
+    expected: dict[str, float],
+    default_expected: float,
 ) -> dict[str, Any]:
     params: list[Any] = []
-    where = [who.scope_sql(params)]
-    if status == "active":
-        params.append(list(ACTIVE))
-        where.append(f"status = ANY(${len(params)}::text[])")
-    elif status:
-        params.append(status)
-        where.append(f"status = ${len(params)}")
-    for column, value in (
-        ("current_stage", stage),
-        ("organization_id", organization_id),
-        ("student_id", student_id),
-    ):
-        if value:
-            params.append(value)
-            where.append(f"{column} = ${len(params)}")
-    if q:
-        params.append(q)
-        where.append(f"search @@ plainto_tsquery('simple', ${len(params)})")
+    where = filter_sql(flt, who, params, expected, default_expected)
     if cursor:
         at, rid = decode_cursor(cursor)
         params.extend([at, rid])
         where.append(f"(created_at, request_id) < (${len(params) - 1}, ${len(params)})")
     params.append(limit + 1)
+    stalled = _STALLED_COLUMNS.format(e=expected_sql(expected, default_expected))
     sql = (
-        f"SELECT {SUMMARY_COLUMNS} FROM {S}.requests WHERE {' AND '.join(where)}"
+        f"SELECT {SUMMARY_COLUMNS}, {stalled}"
+        f" FROM {S}.requests WHERE {' AND '.join(where)}"
         f" ORDER BY created_at DESC, request_id DESC LIMIT ${len(params)}"
     )
     rows = await conn.fetch(sql, *params)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["request_id"]) if more else None
-    return {"items": [_row(r) for r in rows], "next_cursor": next_cursor, "limit": limit}
+    items = [_summary(r) for r in rows]
+    return {"items": items, "next_cursor": next_cursor, "limit": limit}
 
 
-async def get_request(conn: Any, who: Principal, request_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT * FROM {S}.requests WHERE request_id = $1", request_id)
+#: Per row: seconds since it was last heard of, and the seconds its stage allows.
+_STALLED_COLUMNS = (
+    "extract(epoch FROM now() - " + silent_since_sql() + ")::float8 AS silent_s, {e} AS expected_s"
+)
+
+
+def _summary(record: Any) -> dict[str, Any]:
+    out = _row(record)
+    silent = out.pop("silent_s", None)
+    expected = out.pop("expected_s", None)
+    out["stalled"] = _stalled(out["status"], out.get("current_stage"), silent, expected)
+    return out
+
+
+def _stalled(
+    status: str, stage: str | None, silent: float | None, expected: float | None
+) -> dict[str, Any] | None:
+    """A request not finished and not heard of for longer than its stage allows."""
+    if status not in ACTIVE or silent is None or expected is None or silent <= expected:
+        return None
+    return {"stage": stage, "for_s": round(silent, 2), "expected_s": expected}
+
+
+async def get_request(
+    conn: Any,
+    who: Principal,
+    request_id: str,
+    expected: dict[str, float] | None = None,
+    default_expected: float = 900.0,
+) -> dict[str, Any] | None:
+    e = expected_sql(expected or {}, default_expected)
+    row = await conn.fetchrow(
+        f"SELECT *, {_STALLED_COLUMNS.format(e=e)} FROM {S}.requests WHERE request_id = $1",
+        request_id,
+    )
     if row is None or not who.sees(row["organization_id"], row["student_id"]):
         return None
-    out = _row(row)
+    out = _summary(row)
     out.pop("search", None)
+    out.pop("error_search", None)
     stages = await conn.fetch(
         f"SELECT stage, attempt, status, started_at, ended_at, duration_ms, output,"
         f" error_message, error_details, is_retryable, due_at,"
@@ -342,14 +485,20 @@ async def get_request(conn: Any, who: Principal, request_id: str) -> dict[str, A
     )
     ordered = sorted(stages, key=lambda s: (_STAGE_ORDER.get(s["stage"], 99), s["attempt"]))
     out["stages"] = [_row(s) for s in ordered]
-    if row["status"] not in ("completed", "failed"):
-        out["reason"] = _reason(row)
+    if row["status"] in ACTIVE:
+        out["reason"] = _reason(row, out["stalled"])
     return out
 
 
-def _reason(row: Any) -> str:
-    """Why a request that is not finished is where it is, in words."""
+def _reason(row: Any, stalled: dict[str, Any] | None = None) -> str:
+    """Why a request that is not finished is where it is, in words: every active
+    request has one."""
     status, stage = row["status"], row["current_stage"]
+    if stalled is not None:
+        return (
+            f"stalled at {stage or 'its start'}: no event for {stalled['for_s']:.0f} s"
+            f" (expected within {stalled['expected_s']:.0f} s)"
+        )
     if status == "queued":
         return f"queued for {stage}" if stage else "queued"
     if status == "waiting":

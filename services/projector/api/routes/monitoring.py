@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.projector.api import views
-from services.projector.api.deps import Caller, Conn, Reader, State, errors
+from services.projector.api.deps import Caller, Conn, ReadAfter, Reader, State, errors
+from services.projector.api.filters import query_filter
 from services.projector.api.stream import EventStreamResponse, StreamFilter, TooManyClients
-from vividly.config import STAGES
+from services.projector.api.views import RequestFilter
 from vividly.rules import ID_PATTERN, REQUEST_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"], responses=errors(401, 422))
 
-StatusFilter = Literal["active", "all", "queued", "running", "waiting", "completed", "failed"]
 #: Sequence numbers and offsets are Postgres bigints.
 SEQ_MAX = 2**63 - 1
 ID = ID_PATTERN
@@ -32,45 +32,39 @@ def _not_found(request_id: str) -> HTTPException:
     summary="Overview: counts, active, stage p50/p95, failure rate, breakers",
     responses=errors(403),
 )
-async def dashboard(who: Reader, conn: Conn) -> dict[str, Any]:
-    return await views.dashboard(conn, who)
+async def dashboard(who: Reader, conn: Conn, state: State) -> dict[str, Any]:
+    settings = state.settings
+    return await views.dashboard(conn, who, settings.stage_expected_s, settings.expected_s(None))
 
 
 @router.get(
     "/requests",
-    summary="Request summaries, newest first, keyset-paginated",
+    summary="Request summaries, newest first, keyset-paginated; filter by status (also "
+    "active, stalled), stage, failed stage, organization, student, words, error words, "
+    "time range and slowness",
     responses=errors(403),
 )
 async def list_requests(
     who: Reader,
     conn: Conn,
-    status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
-    stage: Annotated[Literal[STAGES] | None, Query()] = None,  # type: ignore[valid-type]
-    organization_id: Annotated[str | None, Query(pattern=ID)] = None,
-    student_id: Annotated[str | None, Query(pattern=ID)] = None,
-    q: Annotated[
-        str | None,
-        Query(
-            max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$", description="Words in topic/objective"
-        ),
-    ] = None,
+    state: State,
+    flt: Annotated[RequestFilter, Depends(query_filter)],
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: Annotated[
         str | None,
         Query(pattern=views.CURSOR_PATTERN, description="next_cursor of the previous page"),
     ] = None,
 ) -> dict[str, Any]:
+    settings = state.settings
     try:
         return await views.list_requests(
             conn,
             who,
-            status=None if status_ == "all" else status_,
-            stage=stage,
-            organization_id=organization_id,
-            student_id=student_id,
-            q=q,
+            flt,
             limit=limit,
             cursor=cursor,
+            expected=settings.stage_expected_s,
+            default_expected=settings.expected_s(None),
         )
     except views.BadCursor as exc:
         raise HTTPException(
@@ -82,10 +76,19 @@ async def list_requests(
 @router.get(
     "/requests/{request_id}",
     summary="One request: stages, waiting reason, error, outputs",
-    responses=errors(404),
+    responses=errors(404, 409, 503),
 )
-async def get_request(request_id: RequestId, who: Caller, conn: Conn) -> dict[str, Any]:
-    found = await views.get_request(conn, who.for_one_request(), request_id)
+async def get_request(
+    request_id: RequestId, who: Caller, state: State, after: ReadAfter, conn: Conn
+) -> dict[str, Any]:
+    settings = state.settings
+    found = await views.get_request(
+        conn,
+        who.for_one_request(),
+        request_id,
+        settings.stage_expected_s,
+        settings.expected_s(None),
+    )
     if found is None:
         raise _not_found(request_id)
     return found

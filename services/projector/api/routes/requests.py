@@ -17,14 +17,15 @@ from pydantic import (
     field_validator,
 )
 
-from services.projector.api import views
+from services.projector.api import actions, views
 from services.projector.api.commands import (
     PublishFailed,
     RetryRefused,
     publish_acked,
     retry_failed,
 )
-from services.projector.api.deps import Caller, Conn, State, errors
+from services.projector.api.deps import Caller, Conn, ReadAfter, State, errors
+from services.projector.api.filters import FilterBody
 from vividly.config import STAGES
 from vividly.rules import (
     DURATION_MAX,
@@ -189,7 +190,7 @@ async def submit(
     try:
         # The request's events first, then its work item: 202 only for what the broker
         # acknowledged, and the pipeline never sees a request the log does not have.
-        await publish_acked(state.publisher, events)
+        position = await publish_acked(state.publisher, events)
         await publish_acked(state.publisher, [(item.topic, item.key, item.value, item.headers)])
     except PublishFailed as exc:
         raise _unavailable(exc) from exc
@@ -203,6 +204,191 @@ async def submit(
         "status": "queued",
         "location": location,
         "visible": visible,
+        # Read your writes: GET the location with ?position= to see at least this.
+        "position": position,
+    }
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
+
+
+class BulkBody(BaseModel):
+    """A bulk retry or cancel: which requests (``filter``, ANDed with the caller's scope),
+    and whether only to count them (``dry_run``, the default: the answer has the count and
+    a sample) or to act."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: FilterBody = Field(default_factory=FilterBody)
+    # Strict: a 0 or "no" must not be read as "act".
+    dry_run: bool = Field(default=True, strict=True)
+    reason: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
+
+
+async def _bulk(
+    action: str,
+    body: BulkBody,
+    who: Principal,
+    state: Any,
+    conn: Any,
+    response: Response,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    if who.role == "student":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"students cannot bulk-{action} requests")
+    flt = body.filter.resolve()
+    given = body.filter.model_dump(mode="json", exclude_none=True)
+    if action == "cancel" and flt.status in ("completed", "failed", "cancelled"):
+        raise _conflict(
+            actions.ActionRefused("finished", f"{flt.status} requests have finished: no cancel")
+        )
+    if not body.dry_run and not idempotency_key:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": "a bulk action that acts needs an Idempotency-Key (repeat it to "
+                    "repeat the call safely)",
+                    "type": "missing",
+                }
+            ],
+        )
+    settings = state.settings
+    try:
+        if not body.dry_run and idempotency_key:
+            done = await actions.earlier(conn, who, idempotency_key, action, given)
+            if done is not None:
+                response.status_code = status.HTTP_200_OK
+                return done
+        the_plan = await actions.plan(
+            conn,
+            who,
+            action,
+            flt,
+            max_retries=settings.max_manual_retries,
+            expected=settings.stage_expected_s,
+            default_expected=settings.expected_s(None),
+            limit=settings.bulk_max_requests,
+        )
+        if body.dry_run:
+            response.status_code = status.HTTP_200_OK
+            return {
+                "action": action,
+                "dry_run": True,
+                "filter": flt.as_json(),
+                "matched": the_plan.matched,
+                "eligible": len(the_plan.eligible),
+                "skipped": the_plan.skipped,
+                "sample": the_plan.sample,
+            }
+        assert idempotency_key is not None
+        return await actions.run_bulk(
+            conn,
+            state.tracker,
+            state.publisher,
+            who,
+            action,
+            flt,
+            the_plan,
+            idempotency_key,
+            body.reason,
+            given,
+        )
+    except actions.ActionRefused as exc:
+        raise _conflict(exc) from exc
+    except PublishFailed as exc:
+        raise _unavailable(exc) from exc
+
+
+_BULK_200 = (
+    "A dry run (the count, the skipped reasons and a sample), or a repeat of a finished "
+    "action with the same Idempotency-Key (its first answer, with repeated: true)"
+)
+_BULK_KEY = Header(
+    alias="Idempotency-Key",
+    pattern=r"^[\x21-\x7e]{1,200}$",
+    description="Required unless dry_run: the same key repeats the call safely",
+)
+
+
+# Declared before /{request_id}/retry: routing matches the path template first (the id's
+# pattern is checked after), so "bulk" would otherwise be taken for a request id.
+@router.post(
+    "/bulk/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Retry every failed request a filter matches (dry run first)",
+    responses={**errors(409), 200: {"description": _BULK_200}},
+)
+async def bulk_retry(
+    body: BulkBody,
+    who: Caller,
+    state: State,
+    conn: Conn,
+    response: Response,
+    idempotency_key: Annotated[str | None, _BULK_KEY] = None,
+) -> dict[str, Any]:
+    return await _bulk("retry", body, who, state, conn, response, idempotency_key)
+
+
+@router.post(
+    "/bulk/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Cancel every unfinished request a filter matches (dry run first)",
+    responses={**errors(409), 200: {"description": _BULK_200}},
+)
+async def bulk_cancel(
+    body: BulkBody,
+    who: Caller,
+    state: State,
+    conn: Conn,
+    response: Response,
+    idempotency_key: Annotated[str | None, _BULK_KEY] = None,
+) -> dict[str, Any]:
+    return await _bulk("cancel", body, who, state, conn, response, idempotency_key)
+
+
+@router.post(
+    "/{request_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Cancel a request wherever it is (409 when it has finished)",
+    responses=errors(404, 409),
+)
+async def cancel(
+    request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN)],
+    who: Caller,
+    state: State,
+    after: ReadAfter,
+    conn: Conn,
+    body: Annotated[CancelBody | None, Body()] = None,
+) -> dict[str, Any]:
+    # A student may cancel its own request (found only within its scope); teachers their
+    # organization's; admins and services any.
+    found = await views.get_request(conn, who.for_one_request(), request_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"request {request_id} not found")
+    try:
+        position = await actions.cancel_one(
+            conn,
+            state.tracker,
+            state.publisher,
+            found,
+            who.requested_by,
+            body.reason if body else "",
+        )
+    except actions.ActionRefused as exc:
+        raise _conflict(exc) from exc
+    except PublishFailed as exc:
+        raise _unavailable(exc) from exc
+    return {
+        "request_id": request_id,
+        "status": "cancelling",
+        "requested_by": who.requested_by,
+        "location": f"/api/v1/monitoring/requests/{request_id}",
+        "position": position,
     }
 
 
@@ -216,6 +402,7 @@ async def retry(
     request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN)],
     who: Caller,
     state: State,
+    after: ReadAfter,
     conn: Conn,
     body: Annotated[RetryBody | None, Body()] = None,
 ) -> dict[str, Any]:
@@ -246,7 +433,15 @@ async def retry(
         "attempt": accepted.attempt,
         "requested_by": accepted.requested_by,
         "location": f"/api/v1/monitoring/requests/{request_id}",
+        "position": accepted.position,
+        "dispatched": accepted.dispatched,
     }
+
+
+def _conflict(exc: actions.ActionRefused) -> HTTPException:
+    return HTTPException(
+        status.HTTP_409_CONFLICT, {"code": exc.code, "message": str(exc), **exc.extra}
+    )
 
 
 def _forbidden(field: str, message: str) -> HTTPException:
