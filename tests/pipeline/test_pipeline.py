@@ -488,6 +488,96 @@ def test_prometheus_scrapes_the_stack_with_our_config_and_rules(
         log.close()
 
 
+def test_cancel_stops_a_request_wherever_it_is_and_no_email_is_sent(harness: Harness) -> None:
+    """Two requests cancelled through the API: one while its video job renders (the
+    video stage sees it between polls and cancels the job at the video API), one while
+    its script is being written (the video stage finds the fence before it starts and
+    submits no job). Neither goes further, both end cancelled, no email for either."""
+    import httpx
+
+    from tests.pipeline.conftest import API_SECRET
+    from vividly.runtime.auth import mint
+
+    h = harness
+    api = httpx.Client(
+        base_url=h.pipeline.api_url,
+        headers={"Authorization": f"Bearer {mint(API_SECRET, role='admin', sub='sre-2')}"},
+        timeout=15,
+    )
+    h.pipeline.set_knobs("video", job_seconds=60)
+    rendering = h.submit(topic="Cancelled while rendering")
+    h.flush()
+    h.log.wait_for(
+        lambda: (
+            "video_progress" in h.log.kinds(rendering)
+            or any(
+                e.WhichOneof("event") == "stage_started"
+                and e.stage_started.stage == "video_generation"
+                for e in h.log.events(rendering)
+            )
+        ),
+        60,
+        "the video job to start",
+    )
+    h.pipeline.set_knobs("gemini", latency_s=3)
+    writing = h.submit(topic="Cancelled while writing")
+    h.flush()
+    h.log.wait_for(
+        lambda: any(
+            e.WhichOneof("event") == "stage_started"
+            and e.stage_started.stage == "script_generation"
+            for e in h.log.events(writing)
+        ),
+        60,
+        "the script stage to start",
+    )
+    for rid in (rendering, writing):
+        r = api.post(f"/api/v1/requests/{rid}/cancel", json={"reason": "not needed"})
+        assert r.status_code == 202, r.text
+
+    def cancelled_at(rid: str, stage: str) -> bool:
+        return any(
+            e.WhichOneof("event") == "event_logged"
+            and e.event_logged.event_type == "stage_cancelled"
+            and e.event_logged.stage == stage
+            for e in h.log.events(rid)
+        )
+
+    h.log.wait_for(lambda: cancelled_at(rendering, "video_generation"), 60, "the job cancelled")
+    h.log.wait_for(lambda: cancelled_at(writing, "video_generation"), 60, "the skip")
+    jobs = h.pipeline.received("video")
+    cancels = [j for j in jobs if j["method"] == "POST" and j["path"].endswith("/cancel")]
+    assert len(cancels) == 1  # the rendering job only
+    submitted = [
+        j
+        for j in jobs
+        if j["method"] == "POST"
+        and j["path"] == "/v1/videos"
+        and j["headers"].get("idempotency-key", "").startswith(writing)
+    ]
+    assert submitted == []  # the script-stage one never reached the video API
+    for rid in (rendering, writing):
+        kinds = h.log.kinds(rid)
+        assert "request_cancelled" in kinds
+        assert "request_completed" not in kinds
+        started = {
+            e.stage_started.stage
+            for e in h.log.events(rid)
+            if e.WhichOneof("event") == "stage_started"
+        }
+        assert not started & {"video_processing", "notification"}
+        assert h.emails_for(rid) == []
+        url = f"/api/v1/monitoring/requests/{rid}"
+
+        def folded(url: str = url) -> bool:
+            return bool(api.get(url).json()["status"] == "cancelled")
+
+        h.log.wait_for(folded, 30, "cancelled in the read model")
+        body = api.get(url).json()
+        assert body["cancelled_by"] == "api:admin:sre-2"
+        assert "running" not in {s["status"] for s in body["stages"]}
+
+
 def test_read_model_matches_the_log_and_an_api_retry_completes_a_failed_request(
     harness: Harness,
 ) -> None:
