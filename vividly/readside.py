@@ -37,8 +37,24 @@ class ApiStatusReader:
         self.token = token
         self.timeout = timeout
 
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """One API call: (status, the JSON body, or the error's ``detail``)."""
+        return self._call(method, path, body, timeout, headers)
+
     def _call(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
@@ -49,6 +65,7 @@ class ApiStatusReader:
                 "Authorization": f"Bearer {self.token}",
                 "Content-Type": "application/json",
                 "Accept": "application/json",
+                **(headers or {}),
             },
         )
         try:

@@ -4,6 +4,7 @@ cancel, bulk retry and cancel, and the dashboard's filters."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -428,3 +429,38 @@ def test_with_the_projector_killed_a_positioned_read_says_the_read_model_is_behi
     status = RequestTracker(db, read_timeout_s=30)
     status.log_event(rid, "after", "the projector is back")
     assert status.get_request_status(rid)["current_stage"] == "validation"
+
+
+def test_the_cli_dry_runs_then_retries_by_filter(
+    side: ReadSide, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vividly requests retry --failed-at STAGE --since 2h --dry-run`, then with --yes:
+    the same filter, the dry run's count, then one bulk retry; a bad flag is usage."""
+    from vividly.platform.cli import main
+
+    org = f"org-{unique}"
+    rids = {make_request(side.tracker, org, f"s{i}", outcome="failed") for i in range(3)}
+    side.flush()
+    for rid in rids:
+        until(side, rid, "failed")
+    base = ["requests", "retry", "--failed-at", "script_generation", "--since", "2h"]
+    base += ["--org", org, "--api", side.url, "--token", side.token(), "--json"]
+    assert main([*base, "--dry-run"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert (dry["dry_run"], dry["matched"], dry["eligible"]) == (True, 3, 3)
+    assert main([*base, "--yes", "--reason", "after the Gemini outage"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["applied"] == 3
+    assert done["reason"] == "after the Gemini outage"
+    for rid in rids:
+        assert until(side, rid, "queued")["retry_count"] == 1
+    assert (
+        main(
+            ["requests", "list", "--org", org, "--api", side.url, "--token", side.token(), "--json"]
+        )
+        == 0
+    )
+    listed = json.loads(capsys.readouterr().out)
+    assert {i["request_id"] for i in listed["items"]} == rids
+    assert main([*base, "--since", "yesterday-ish"]) == 2
+    assert "--since" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vividly.config import STAGES, Settings, topic_plan
+from vividly.platform.common import UsageError, stack_settings
 from vividly.platform.stack import StackState
 
 console = Console(stderr=False)
@@ -348,30 +349,6 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
 
 
 # --------------------------------------------------------------------------- pipeline
-def stack_settings(settings: Settings) -> Settings:
-    """``settings`` with the running local stack's addresses where the environment does
-    not set them, so `vividly submit` and friends find the stack without exports."""
-    data = StackState(settings.home.resolve()).read() or {}
-    env = data.get("env") or {}
-    if not env and data.get("processes"):
-        procs = data["processes"]
-        env = {
-            "VIVIDLY_KAFKA_BOOTSTRAP": procs.get("kafka", {}).get("url"),
-            "VIVIDLY_DATABASE_URL": procs.get("postgres", {}).get("url"),
-        }
-    from pydantic import TypeAdapter
-
-    update: dict[str, Any] = {}
-    for key, value in env.items():
-        name = key.removeprefix("VIVIDLY_").lower()
-        field = Settings.model_fields.get(name)
-        if value and field is not None and field.annotation and key not in os.environ:
-            # stack.json holds strings: give each setting its own type (home a Path, a
-            # port an int), as reading the environment would; model_copy does not.
-            update[name] = TypeAdapter(field.annotation).validate_python(value)
-    return settings.model_copy(update=update) if update else settings
-
-
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from vividly.publish import KafkaPublisher
     from vividly.submit import submit_request
@@ -542,10 +519,6 @@ def _time_arg(text: str | None, flag: str) -> Any:
         raise UsageError(f"{flag}: {exc}") from exc
 
 
-class UsageError(Exception):
-    pass
-
-
 def cmd_events_export(args: argparse.Namespace, settings: Settings) -> int:
     from vividly.platform.export import ExportFilter, export, read_events
 
@@ -698,6 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--since", help="ISO 8601 time or an age (15m, 2h, 7d)")
     rep.add_argument("--until", help="ISO 8601 time or an age")
     rep.set_defaults(func=cmd_events_replay)
+
+    from vividly.platform.requests import add_parser as add_requests
+
+    add_requests(sub)
     return parser
 
 

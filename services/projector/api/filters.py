@@ -2,17 +2,17 @@
 a JSON body (bulk retry and cancel): the same fields, the same validation, one
 :class:`~services.projector.api.views.RequestFilter`.
 
-Times are RFC 3339 date-times (UTC when the offset is left out). Relative times ("2h")
-are the CLI's and the dashboard's to turn into one (:func:`parse_when`), so the schema
-says exactly which values are valid."""
+Times are RFC 3339 date-times, with their offset. Relative times ("2h") are the CLI's
+(:func:`vividly.platform.export.parse_time`) and the dashboard's to turn into one, so
+the schema says exactly which values are valid."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import HTTPException, Query, status
+from fastapi import Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from services.projector.api.views import RequestFilter
@@ -23,14 +23,7 @@ StatusFilter = Literal[
     "active", "all", "stalled", "queued", "running", "waiting", "completed", "failed", "cancelled"
 ]
 Stage = Literal[STAGES]  # type: ignore[valid-type]
-#: A time as a person types it: relative ("90s", "30m", "2h", "7d": that long ago) or
-#: ISO 8601 (UTC when the offset is left out).
-WHEN_PATTERN = (
-    r"^([0-9]{1,6}[smhd]|[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)$"
-)
 WORDS_PATTERN = r"^[^\x00-\x1f\x7f]*$"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RFC3339 = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
@@ -66,31 +59,6 @@ DateTime = Annotated[
 _RELATIVE = re.compile(r"^([0-9]+)([smhd])$")
 
 
-def parse_when(value: str | None, loc: list[str], now: datetime | None = None) -> datetime | None:
-    """A relative ("2h": that long ago) or ISO 8601 time as an aware datetime, for the CLI
-    and the dashboard; a 422 naming ``loc`` when it is no real time."""
-    if value is None:
-        return None
-    now = now or datetime.now(UTC)
-    rel = _RELATIVE.match(value)
-    if rel:
-        try:
-            return now - timedelta(seconds=int(rel.group(1)) * _UNITS[rel.group(2)])
-        except OverflowError as exc:
-            raise _invalid(loc, "too long ago") from exc
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise _invalid(loc, f"not a time: {exc}") from exc
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def _invalid(loc: list[str], msg: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, [{"loc": loc, "msg": msg, "type": "value_error"}]
-    )
-
-
 def _aware(at: datetime | None) -> datetime | None:
     if at is None:
         return None
@@ -98,7 +66,6 @@ def _aware(at: datetime | None) -> datetime | None:
 
 
 def build(
-    where: str,
     *,
     status_: str | None,
     stage: str | None,
@@ -111,10 +78,8 @@ def build(
     until: datetime | None,
     slower_than_ms: float | None,
 ) -> RequestFilter:
-    """A :class:`RequestFilter` from its fields; ``where`` is "query" or "body" (for the
-    ``loc`` of an error)."""
-    prefix = [where] if where == "query" else [where, "filter"]
-    del prefix  # every field is checked by its type; an empty range just matches nothing
+    """A :class:`RequestFilter` from its fields (each checked by its type already; an
+    empty time range just matches nothing)."""
     start, end = _aware(since), _aware(until)
     return RequestFilter(
         status=None if status_ == "all" else status_,
@@ -158,7 +123,6 @@ def query_filter(
     ] = None,
 ) -> RequestFilter:
     return build(
-        "query",
         status_=status_,
         stage=stage,
         failed_at=failed_at,
@@ -190,7 +154,6 @@ class FilterBody(BaseModel):
 
     def resolve(self) -> RequestFilter:
         return build(
-            "body",
             status_=self.status,
             stage=self.stage,
             failed_at=self.failed_at,
