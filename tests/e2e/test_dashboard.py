@@ -132,3 +132,56 @@ def test_a_video_url_that_is_not_http_is_shown_as_no_link(
         assert page.locator("a[href^='javascript']").count() == 0
     finally:
         page.close()
+
+
+def test_a_bulk_retry_from_the_dashboard_confirms_the_count_and_a_sample_first(
+    side: ReadSide, browser: Browser, unique: str, artifacts: Path
+) -> None:
+    """Filter to the failed requests, "Retry matching…": a confirmation with the count and
+    a sample (screenshot), then Confirm retries exactly those; a student sees no button."""
+    org = f"org-{unique}"
+    failed = {
+        make_request(side.tracker, org, f"stu-{i}", f"Topic number {i}", outcome="failed")
+        for i in range(4)
+    }
+    done = make_request(side.tracker, org, "stu-ok", "Finished fine")
+    side.flush()
+    for rid in failed:
+        wait_for(lambda rid=rid: visible(side, rid, "failed"), what="failed")  # type: ignore[misc]
+    wait_for(lambda: visible(side, done, "completed"), what="completed")
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    try:
+        sign_in(page, side, side.token("teacher", "teacher-1", org))
+        page.get_by_test_id("status-filter").select_option("failed")
+        page.get_by_test_id("failed-at-filter").select_option("script_generation")
+        page.get_by_test_id("since-filter").select_option("3600")
+        page.get_by_test_id("filter").click()
+        expect(page.get_by_test_id("request-row")).to_have_count(4)
+        page.get_by_test_id("bulk-retry").click()
+        confirm = page.get_by_test_id("bulk-confirm")
+        expect(confirm).to_be_visible()
+        expect(page.get_by_test_id("bulk-count")).to_contain_text("Retry 4 request(s)?")
+        expect(page.get_by_test_id("bulk-sample-row")).to_have_count(4)
+        page.get_by_test_id("bulk-reason").fill("after the Gemini outage")
+        shot = artifacts / "dashboard-bulk-retry.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 20_000
+        page.get_by_test_id("bulk-go").click()
+        expect(page.get_by_test_id("bulk-result")).to_contain_text("Retried 4 request(s)")
+        expect(confirm).to_be_hidden()
+        for rid in failed:
+            d = wait_for(lambda rid=rid: visible(side, rid, "queued"), what="queued")  # type: ignore[misc]
+            assert d["retry_count"] == 1
+        assert visible(side, done, "completed")
+        assert not [m for m in console if "Content Security Policy" in m], console
+    finally:
+        page.close()
+    student = browser.new_page()
+    try:
+        sign_in(student, side, side.token("student", "stu-1", org))
+        expect(student.get_by_test_id("overview")).to_be_visible()
+        expect(student.get_by_test_id("bulk-retry")).to_be_hidden()
+    finally:
+        student.close()
