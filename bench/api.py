@@ -12,8 +12,15 @@
 
     .venv/bin/python -m bench.api [--requests 1000000] [--sse-clients 1000]
 
-The last line printed is one JSON object: p95_ms (per endpoint), max_p95_ms, sse_p95_ms
-(and details).
+4. Read your writes: the projector's fold rate is timed (``--fold-burst`` events at
+   once), then a separate process publishes half that rate while a tracker, ``
+   --ryw-samples`` times in a row, creates a request, starts a stage and reads the status
+   back through the API (which waits for the projector to fold past the write).
+5. Bulk retry: ``--bulk`` failed requests (input kept) are put in the read model, then
+   one dry run and one bulk retry through the API are timed.
+
+The last line printed is one JSON object: p95_ms (per endpoint), max_p95_ms, sse_p95_ms,
+ryw_p50_ms, ryw_p95_ms, bulk_retry_dry_run_s, bulk_retry_10k_s (and details).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ import aiohttp
 from rich.console import Console
 
 from bench.gen_read_model import TOPICS, generate
-from vividly.config import Settings
+from vividly.config import STAGES, TRACKING_TOPIC, Settings
 from vividly.platform.pipeline import Pipeline, PipelinePorts
 from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, free_port
 from vividly.publish import KafkaPublisher
@@ -66,6 +73,11 @@ def endpoints(n_requests: int, rng: random.Random, next_cursor: str) -> dict[str
 
     def org() -> str:
         return f"org-{rng.randint(0, 39)}"
+
+    def day() -> dict[str, str]:
+        """A random day of the generated 30 (RFC 3339, as the API takes times)."""
+        end = datetime.now(UTC) - timedelta(days=rng.randint(0, 29))
+        return {"since": (end - timedelta(days=1)).isoformat(), "until": end.isoformat()}
 
     return {
         "dashboard (admin)": lambda: ("/api/v1/monitoring/dashboard", {}, "admin"),
@@ -109,6 +121,40 @@ def endpoints(n_requests: int, rng: random.Random, next_cursor: str) -> dict[str
         "requests (teacher scope)": lambda: (
             "/api/v1/monitoring/requests",
             {"status": "all", "limit": 20},
+            "teacher",
+        ),
+        "requests ?status=stalled": lambda: (
+            "/api/v1/monitoring/requests",
+            {"status": "stalled", "limit": 20},
+            "admin",
+        ),
+        "requests ?error (full text)": lambda: (
+            "/api/v1/monitoring/requests",
+            {"error": rng.choice(["gemini", "503", "attempts"]), "limit": 20},
+            "admin",
+        ),
+        "requests ?since&until (a day)": lambda: (
+            "/api/v1/monitoring/requests",
+            {**day(), "status": "all", "limit": 20},
+            "admin",
+        ),
+        "requests ?failed_at&since": lambda: (
+            "/api/v1/monitoring/requests",
+            {"failed_at": "script_generation", "since": day()["since"], "limit": 20},
+            "admin",
+        ),
+        "requests ?slower_than_ms&stage": lambda: (
+            "/api/v1/monitoring/requests",
+            {
+                "slower_than_ms": rng.choice([3000, 3800, 4100]),
+                "stage": rng.choice(STAGES),
+                "limit": 20,
+            },
+            "admin",
+        ),
+        "requests ?slower_than_ms (teacher)": lambda: (
+            "/api/v1/monitoring/requests",
+            {"slower_than_ms": 3900, "limit": 20},
             "teacher",
         ),
         "requests/{id}": lambda: (f"/api/v1/monitoring/requests/{rid()}", {}, "admin"),
@@ -269,10 +315,246 @@ def run_sse(
     }
 
 
+# ---------------------------------------------------------------------- read your writes
+async def _folded_through(pg_url: str) -> int:
+    """How many tracking events the projector has folded (sum of its next offsets)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(next_offset), 0) FROM vividly_read.projector_offsets"
+                " WHERE topic = $1",
+                TRACKING_TOPIC,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def fold_rate(pg_url: str, settings: Settings, n: int) -> float:
+    """The projector's fold rate in this run: ``n`` RequestCreated events published at
+    once, timed until all are folded (events/s)."""
+    pub = KafkaPublisher(settings, "bench-fold")
+    tracker = RequestTracker(pub, producer="bench")
+    before = asyncio.run(_folded_through(pg_url))
+    started = time.monotonic()
+    for i in range(n):
+        tracker.create_request(f"stu-f{i % 500}", "Fold rate", "o", "9", 3, organization_id="org-f")
+    assert pub.flush(60).ok
+    while asyncio.run(_folded_through(pg_url)) < before + n:
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    pub.close(10)
+    return n / elapsed
+
+
+def load_gen(bootstrap: str, rate: float, seconds: float) -> None:
+    """A steady stream of ``rate`` events/s for ``seconds`` (its own process: the
+    measuring client does not share a GIL with it); prints how many it sent."""
+    pub = KafkaPublisher(Settings(kafka_bootstrap=bootstrap), "bench-load")
+    tracker = RequestTracker(pub, producer="bench-load")
+    print("started", flush=True)
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        due = int((time.monotonic() - started) * rate)
+        while sent < due:
+            tracker.create_request(
+                f"stu-l{sent % 997}", "Steady load", "o", "9", 3, organization_id="org-load"
+            )
+            sent += 1
+        time.sleep(0.005)
+    pub.close(30)
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - started}), flush=True)
+
+
+def measure_ryw(
+    pipeline: Pipeline, settings: Settings, samples: int, load_rate: float
+) -> dict[str, Any]:
+    """Write → status reflecting it, through the tracker and the API, ``samples`` times in
+    a row while a separate process publishes ``load_rate`` events/s."""
+    from vividly.readside import ApiStatusReader
+
+    seconds = max(20.0, samples * 0.2)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.api",
+            "--load-gen",
+            settings.kafka_bootstrap,
+            str(load_rate),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if "started" not in proc.stdout.readline():
+        proc.kill()
+        raise RuntimeError("the load generator did not start")
+    time.sleep(2.0)  # let the steady load reach the projector before measuring
+    pub = KafkaPublisher(settings, "bench-ryw")
+    reader = ApiStatusReader(pipeline.api_url, mint(SECRET, role="admin", sub="bench"))
+    tracker = RequestTracker(pub, producer="bench", status_reader=reader)
+    latencies: list[float] = []
+    acked: list[float] = []  # of which: until the broker acknowledged the writes
+    stale = 0
+    for i in range(samples):
+        started = time.perf_counter()
+        rid, _ = tracker.create_request(f"stu-r{i}", "Read my write", "o", "9", 3)
+        tracker.start_stage(rid, "validation")
+        tracker.position(rid)
+        acked.append((time.perf_counter() - started) * 1000)
+        status = tracker.get_request_status(rid)
+        latencies.append((time.perf_counter() - started) * 1000)
+        if status.get("current_stage") != "validation":
+            stale += 1
+    pub.close(10)
+    out, _ = proc.communicate(timeout=seconds + 60)
+    load = json.loads(out.strip().splitlines()[-1])
+    return {
+        "samples": samples,
+        "stale": stale,
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(pct(latencies, 0.95), 1),
+        "max_ms": round(max(latencies), 1),
+        "acked_p50_ms": round(statistics.median(acked), 1),
+        "acked_p95_ms": round(pct(acked, 0.95), 1),
+        "load_events_per_s": round(load["sent"] / load["seconds"], 1),
+    }
+
+
+# ---------------------------------------------------------------------- bulk retry
+async def seed_failed(pg_url: str, n: int, org: str) -> None:
+    """``n`` failed requests (at script_generation, their input kept), straight into the
+    read model, as the fold would have left them."""
+    import uuid
+
+    import asyncpg
+
+    from vividly.events import WorkItem
+
+    now = datetime.now(UTC)
+    reqs, stages = [], []
+    for i in range(n):
+        rid = str(uuid.uuid4())
+        item = WorkItem(request_id=rid, correlation_id=rid, stage="script_generation", attempt=1)
+        item.request.topic = f"Bulk topic {i}"
+        item.request.organization_id = org
+        reqs.append(
+            (
+                rid,
+                rid,
+                f"stu-b{i % 100}",
+                org,
+                f"Bulk topic {i}",
+                "o",
+                "9",
+                3,
+                "{}",
+                "failed",
+                "script_generation",
+                "script_generation",
+                "gemini 503 after 3 attempts",
+                "{}",
+                "{}",
+                now,
+                now,
+                now,
+                now,
+            )
+        )
+        stages.append(
+            (rid, "script_generation", 1, "failed", now, now, 100.0, item.SerializeToString())
+        )
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.copy_records_to_table(
+            "requests",
+            schema_name="vividly_read",
+            columns=(
+                "request_id",
+                "correlation_id",
+                "student_id",
+                "organization_id",
+                "topic",
+                "learning_objective",
+                "grade_level",
+                "duration_minutes",
+                "metadata",
+                "status",
+                "current_stage",
+                "error_stage",
+                "error_message",
+                "outputs",
+                "attempts",
+                "created_at",
+                "started_at",
+                "failed_at",
+                "updated_at",
+            ),
+            records=reqs,
+        )
+        await conn.copy_records_to_table(
+            "request_stages",
+            schema_name="vividly_read",
+            columns=(
+                "request_id",
+                "stage",
+                "attempt",
+                "status",
+                "started_at",
+                "ended_at",
+                "duration_ms",
+                "input_item",
+            ),
+            records=stages,
+        )
+    finally:
+        await conn.close()
+
+
+def measure_bulk(pipeline: Pipeline, pg_url: str, n: int) -> dict[str, Any]:
+    from vividly.readside import ApiStatusReader
+
+    org = "org-bulk"
+    asyncio.run(seed_failed(pg_url, n, org))
+    api = ApiStatusReader(pipeline.api_url, mint(SECRET, role="admin", sub="bench"), 300)
+    body = {"filter": {"organization_id": org, "failed_at": "script_generation"}}
+    started = time.perf_counter()
+    status, dry = api.call("POST", "/api/v1/requests/bulk/retry", {**body, "dry_run": True})
+    dry_s = time.perf_counter() - started
+    if status != 200 or dry["eligible"] != n:
+        raise RuntimeError(f"dry run: {status} {dry}")
+    started = time.perf_counter()
+    status, done = api.call(
+        "POST",
+        "/api/v1/requests/bulk/retry",
+        {**body, "dry_run": False},
+        headers={"Idempotency-Key": f"bench-{os.urandom(4).hex()}"},
+    )
+    run_s = time.perf_counter() - started
+    if status != 202 or done["applied"] != n:
+        raise RuntimeError(f"bulk retry: {status} {str(done)[:500]}")
+    messages = 1 + 2 * n  # the bulk event, and per request its event and its work item
+    return {
+        "requests": n,
+        "dry_run_s": round(dry_s, 3),
+        "run_s": round(run_s, 3),
+        "messages_per_s": round(messages / run_s, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--sse-client":
         base, token, n, seconds, out = sys.argv[2:7]
         asyncio.run(sse_clients(base, token, int(n), float(seconds), Path(out)))
+        return 0
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--load-gen":
+        load_gen(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
         return 0
     ap = argparse.ArgumentParser(prog="bench.api", description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1_000_000)
@@ -281,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sse-clients", type=int, default=1000)
     ap.add_argument("--event-rate", type=float, default=20.0)
     ap.add_argument("--sse-seconds", type=float, default=15.0)
+    ap.add_argument("--ryw-samples", type=int, default=300)
+    ap.add_argument("--fold-burst", type=int, default=50_000, help="events to time the fold")
+    ap.add_argument("--bulk", type=int, default=10_000, help="failed requests to bulk-retry")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="vividly-bench-api-"))
     os.environ.setdefault("VIVIDLY_PG_FAST", "1")
@@ -316,6 +601,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print("live stream:")
         settings = Settings(kafka_bootstrap=broker.bootstrap)
         sse = run_sse(pipeline, settings, args.sse_clients, args.event_rate, args.sse_seconds, work)
+        console.print("read your writes:")
+        rate = fold_rate(pg.url, settings, args.fold_burst)
+        console.print(f"  the projector folds {rate:,.0f} events/s; loading at half of that")
+        ryw = measure_ryw(pipeline, settings, args.ryw_samples, rate / 2)
+        console.print(
+            f"  write → status p50 {ryw['p50_ms']} ms, p95 {ryw['p95_ms']} ms "
+            f"(target ≤ 100) under {ryw['load_events_per_s']:,.0f} events/s; stale {ryw['stale']}"
+        )
+        console.print(f"bulk retry of {args.bulk:,} failed requests:")
+        bulk = measure_bulk(pipeline, pg.url, args.bulk)
+        console.print(
+            f"  dry run {bulk['dry_run_s']} s; retry {bulk['run_s']} s (target ≤ 10), "
+            f"{bulk['messages_per_s']:,.0f} messages/s"
+        )
         max_p95 = max(v["p95_ms"] for v in gets.values())
         result = {
             "p95_ms": {k: v["p95_ms"] for k, v in gets.items()},
@@ -323,6 +622,12 @@ def main(argv: list[str] | None = None) -> int:
             "max_p95_ms": max_p95,
             "sse_p95_ms": sse["p95_ms"],
             "sse": sse,
+            "ryw_p50_ms": ryw["p50_ms"],
+            "ryw_p95_ms": ryw["p95_ms"],
+            "ryw": {**ryw, "fold_events_per_s": round(rate, 1)},
+            "bulk_retry_dry_run_s": bulk["dry_run_s"],
+            "bulk_retry_10k_s": bulk["run_s"],
+            "bulk_retry": bulk,
             "requests": counts["requests"],
             "events": counts["events"],
         }

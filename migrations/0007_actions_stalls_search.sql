@@ -21,9 +21,9 @@ BEGIN
     CREATE INDEX IF NOT EXISTS requests_active_updated ON %1$I.requests (updated_at)
       WHERE status IN ('queued', 'running', 'waiting');
     CREATE INDEX IF NOT EXISTS requests_failed_stage ON %1$I.requests
-      (error_stage, failed_at DESC) WHERE status = 'failed';
+      (error_stage, created_at DESC, request_id DESC) WHERE status = 'failed';
     CREATE INDEX IF NOT EXISTS request_stages_duration ON %1$I.request_stages
-      (stage, duration_ms DESC) WHERE duration_ms IS NOT NULL;
+      (stage, duration_ms DESC) INCLUDE (request_id) WHERE duration_ms IS NOT NULL;
   $ddl$, target);
 END
 $fn$;

@@ -704,8 +704,8 @@ class RequestTracker:
         """Publish messages built earlier (see :meth:`capturing`) exactly as they are."""
         for topic, key, value, headers in messages:
             if topic == self.topic:
-                self._count_sent(key)
                 self.publisher.publish(topic, key, value, list(headers), self._on_delivery)
+                self._count_sent(key)
             else:
                 self.publisher.publish(topic, key, value, list(headers))
 
@@ -823,8 +823,10 @@ class RequestTracker:
         if captured is not None:
             captured.append((self.topic, key, env.SerializeToString(), headers))
             return
-        self._count_sent(key)
+        # Counted once queued (a publish that raises sends nothing to wait for); its
+        # report may come back first, on the delivery thread, which is fine.
         self.publisher.publish(self.topic, key, env.SerializeToString(), headers, self._on_delivery)
+        self._count_sent(key)
 
 
 def _non_finite(value: Any) -> bool:

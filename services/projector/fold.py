@@ -218,9 +218,10 @@ class Batch:
     request_minutes: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     request_hours: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     status_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (org, status)
-    # Requests that ended (failed, cancelled): their open attempts stored before this
-    # batch are closed with this status, as of that time.
-    close: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    # The attempts the read model holds open (running or scheduled) for requests that
+    # end in this batch: (stage, attempt) per request, so the end closes them exactly
+    # as a fold of one event at a time would.
+    open_attempts: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     stage_keys: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
     breakers: dict[str, BreakerRow] = field(default_factory=dict)
     skipped: int = 0
@@ -286,14 +287,17 @@ class Batch:
         return row
 
     def close_attempts(self, rid: str, status: str, at: datetime) -> None:
-        """The request ended: no attempt of it stays running or scheduled (in this
-        batch's rows now; in stored rows when the batch is written)."""
+        """The request ended: no attempt of it stays running or scheduled, whether this
+        batch opened it or an earlier one (then its row changes here; a later event
+        about it cannot reopen a closed attempt)."""
+        for stage, attempt in self.open_attempts.get(rid, ()):
+            if (rid, stage, attempt) not in self.stages:
+                self.stage(rid, stage, attempt, "running")
         for key in self.stage_keys.get(rid, ()):
             row = self.stages[key]
             if row.status in ATTEMPT_OPEN:
                 row.status = status
                 row.ended_at = row.ended_at or at
-        self.close[rid] = (status, at)
 
     def metric(self, rid: str, stage: str) -> tuple[MetricDelta, MetricDelta]:
         sec = self.now_s  # the current event's time, whole seconds (cheaper than datetimes)
@@ -602,9 +606,19 @@ def poison_reason(env: Envelope) -> str | None:
     return None
 
 
-def fold_batch(envelopes: Iterable[Envelope], known: dict[str, Known]) -> Batch:
-    """Fold envelopes (log order, duplicates already removed) into row changes."""
-    batch = Batch(known)
+#: The events that end a request (and close its open attempts).
+ENDINGS = frozenset({"request_failed", "request_cancelled"})
+
+
+def fold_batch(
+    envelopes: Iterable[Envelope],
+    known: dict[str, Known],
+    open_attempts: dict[str, list[tuple[str, int]]] | None = None,
+) -> Batch:
+    """Fold envelopes (log order, duplicates already removed) into row changes.
+    ``open_attempts``: the stored open attempts of the requests that end in the batch
+    (see :data:`ENDINGS`)."""
+    batch = Batch(known, open_attempts=open_attempts or {})
     append = batch.events.append
     owners: dict[str, tuple[str | None, str | None]] = {}
     for env in envelopes:

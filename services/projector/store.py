@@ -22,6 +22,7 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from services.projector.fold import (
+    ENDINGS,
     EVENT_COLUMNS,
     Batch,
     Known,
@@ -252,14 +253,10 @@ class ReadModelStore:
                    thumbnail_url, started_at, updated_at, cancelled_at, cancelled_by,
                    cancel_reason)
             WHERE r.request_id = u.request_id"""
-        # A request that ended closes the attempts it left open, as of when it ended
-        # (an attempt a later retry in the same batch opened is not one of them).
-        self._sql_close = f"""
-            UPDATE {s}.request_stages t SET status = c.status,
-                ended_at = COALESCE(t.ended_at, c.at)
-            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(request_id, status, at)
-            WHERE t.request_id = c.request_id AND t.status IN ('running', 'scheduled')
-              AND COALESCE(t.started_at, t.due_at, c.at) <= c.at"""
+        # Open attempts of requests that end in a batch (the fold closes them).
+        self._sql_open = f"""
+            SELECT request_id, stage, attempt FROM {s}.request_stages
+            WHERE request_id = ANY($1::text[]) AND status IN ('running', 'scheduled')"""
         self._sql_stages = f"""
             INSERT INTO {s}.request_stages AS t (request_id, stage, attempt, status, started_at,
                 ended_at, duration_ms, output, error_message, error_details, is_retryable,
@@ -499,7 +496,15 @@ class ReadModelStore:
                 known[row["request_id"]] = Known(
                     row["status"], row["organization_id"], row["student_id"]
                 )
-        batch = fold_batch(fresh, known)
+        open_attempts: dict[str, list[tuple[str, int]]] = {}
+        ending = list(
+            {e.request_id for e in fresh if e.WhichOneof("event") in ENDINGS} & known.keys()
+        )
+        if ending:
+            for row in await conn.fetch(self._sql_open, ending):
+                key = (row["stage"], row["attempt"])
+                open_attempts.setdefault(row["request_id"], []).append(key)
+        batch = fold_batch(fresh, known, open_attempts)
         await self._store(conn, batch)
         if next_offsets:
             await conn.executemany(
@@ -576,9 +581,6 @@ class ReadModelStore:
                 )
             if merge:
                 await conn.execute(self._sql_stages, *_columns(merge))
-        stored_close = [(rid, st, at) for rid, (st, at) in b.close.items() if rid in b.known]
-        if stored_close:
-            await conn.execute(self._sql_close, *_columns(stored_close))
         for sql, org_sql, deltas in (
             (self._sql_minutes, self._sql_org_minutes, b.stage_minutes),
             (self._sql_hours, self._sql_org_hours, b.stage_hours),

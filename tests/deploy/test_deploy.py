@@ -176,6 +176,7 @@ def test_alert_rules_use_only_exported_metrics() -> None:
         "VividlyProjectorLagging",
         "VividlyDeadLettersGrowing",
         "VividlyRequestStuckInStage",
+        "VividlyRequestsStalled",
     } <= names
     for g in rules["groups"]:
         for r in g["rules"]:

@@ -113,3 +113,56 @@ def test_poison_envelopes_are_named_and_good_ones_pass() -> None:
     late.CopyFrom(good)
     late.occurred_at.seconds = 10**12
     assert "out of range" in (poison_reason(late) or "")
+
+
+def test_a_failure_closes_every_open_attempt_stored_or_in_the_batch_and_none_reopens() -> None:
+    """The request fails with video_generation (stored, from an earlier batch) and
+    video_processing (this batch) still running: both end "abandoned"; a StageCompleted
+    for one of them arriving after the failure does not reopen it; a retry after the
+    failure opens a new attempt, which stays scheduled."""
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    pub.messages.clear()
+    tracker.start_stage(rid, "video_processing")
+    tracker.fail_request(rid, "worker died", "video_generation")
+    tracker.complete_stage(rid, "video_generation", duration_ms=5.0)  # late, after the end
+    tracker.request_retried(rid, "video_generation", "admin-1", 2)
+    batch = fold_batch(
+        envelopes(pub),
+        {rid: Known("running", "o1", "s1")},
+        {rid: [("video_generation", 1)]},
+    )
+    assert batch.stages[(rid, "video_generation", 1)].status == "abandoned"
+    assert batch.stages[(rid, "video_generation", 1)].ended_at is not None
+    assert batch.stages[(rid, "video_processing", 1)].status == "abandoned"
+    assert batch.stages[(rid, "video_generation", 2)].status == "scheduled"
+
+
+def test_the_close_is_the_same_however_the_log_is_cut_into_batches() -> None:
+    """One event at a time or all at once, the attempts end the same way (a rebuild
+    folds bigger batches than the live projector)."""
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    tracker.start_stage(rid, "rag_retrieval")
+    tracker.start_stage(rid, "script_generation")
+    tracker.cancel_request(rid, "admin-1", "not needed")
+    tracker.complete_stage(rid, "script_generation", duration_ms=3.0)
+    envs = envelopes(pub)
+    whole = {k: v.status for k, v in fold_batch(envs, {}).stages.items()}
+    # One at a time: what the store keeps between batches, fed back as the next batch's
+    # known state and open attempts.
+    stored: dict[tuple[str, str, int], str] = {}
+    known: dict[str, Known] = {}
+    for env in envs:
+        open_now = [(s, a) for (r, s, a), st in stored.items() if st in ("running", "scheduled")]
+        b = fold_batch([env], known, {rid: open_now} if known else {})
+        for key, row in b.stages.items():
+            if stored.get(key) not in ("completed", "failed", "abandoned", "cancelled"):
+                stored[key] = row.status
+        status = b.requests[rid].status or known[rid].status
+        known = {rid: Known(status, "o1", "s1")}
+    assert stored == whole
+    assert whole == {
+        (rid, "rag_retrieval", 1): "cancelled",
+        (rid, "script_generation", 1): "cancelled",
+    }

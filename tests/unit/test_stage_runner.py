@@ -282,3 +282,20 @@ def test_work_that_sees_the_cancel_midway_ends_cancelled_without_retry_or_email(
     assert out == []
     assert kinds(pub) == ["stage_started", "event_logged"]
     assert ledger.rows[("r1", "video_generation", 1)].outcome == "cancelled"
+
+
+def test_a_request_cancelled_while_held_at_an_open_circuit_is_not_run_after_it() -> None:
+    pub = FakePublisher()
+    ledger = MemoryLedger()
+    calls = {"n": 0}
+
+    async def work(_i: WorkItem, _c: StageContext) -> dict[str, Any]:
+        calls["n"] += 1
+        ledger.cancelled_ids.add("r1")  # cancelled while the breaker holds it
+        raise CircuitOpen("nano_banana", time.time() + 0.05)
+
+    out = asyncio.run(runner(work, pub, ledger)(D, item()))
+    assert out == []
+    assert calls["n"] == 1
+    assert kinds(pub) == ["stage_started", "request_waiting", "event_logged"]
+    assert ledger.rows[("r1", "video_generation", 1)].outcome == "cancelled"

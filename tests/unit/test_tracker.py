@@ -636,3 +636,26 @@ def test_a_nul_character_is_refused_before_anything_is_published(
     with pytest.raises(PayloadError, match=field):
         t.create_request(**spec)  # type: ignore[arg-type]
     assert pub.messages == []
+
+
+def test_a_publish_that_raises_leaves_nothing_to_wait_for() -> None:
+    """The queue refused the event (PublishError): the call fails, and a later read does
+    not wait for an event that was never sent."""
+    from vividly.publish import PublishError
+
+    class Full(FakePublisher):
+        refuse = False
+
+        def publish(self, topic, key, value, headers, on_delivery=None):  # type: ignore[no-untyped-def]
+            if self.refuse:
+                raise PublishError("producer queue full")
+            return super().publish(topic, key, value, headers, on_delivery)
+
+    pub = Full()
+    tracker = RequestTracker(pub, status_reader=LaggingReadModel(pub), read_timeout_s=0.5)
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "o", "5", 3)
+    pub.refuse = True
+    with pytest.raises(PublishError):
+        tracker.start_stage(rid, "validation")
+    assert tracker.position(rid) == Position(TRACKING_TOPIC, 0, 0)
+    assert tracker.get_request_status(rid)["status"] == "queued"

@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "Handler": "vividly.runtime.bus",
     "LoopStats": "vividly.runtime.bus",
     "ensure_topics": "vividly.runtime.bus",
+    "Cancelled": "vividly.runtime.stage",
     "Stage": "vividly.runtime.stage",
     "StageContext": "vividly.runtime.stage",
     "StageRunner": "vividly.runtime.stage",
@@ -33,6 +34,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "Built",
+    "Cancelled",
     "ConsumerLoop",
     "Delivery",
     "Deps",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from vividly.runtime.ledger import PgLedger
     from vividly.runtime.service import Built, Deps, run
     from vividly.runtime.stage import (
+        Cancelled,
         Ledger,
         MemoryLedger,
         Recorded,

@@ -310,6 +310,10 @@ class StageRunner:
                     break
                 except CircuitOpen as exc:
                     await self._hold(rid, stage, exc)
+                    if await self.ledger.cancelled(rid):  # cancelled while it waited
+                        why = "the request was cancelled while it waited; skipped"
+                        failure = await self._skip(stage, rid, attempt, why, record=False)
+                        break
                 except Cancelled as exc:
                     failure = await self._skip(stage, rid, attempt, str(exc), record=False)
                     break

@@ -118,7 +118,7 @@ async def plan(
     params: list[Any] = []
     where = views.filter_sql(flt, who, params, expected, default_expected)
     cond = " AND ".join(where)
-    matched = int(await conn.fetchval(f"SELECT count(*) FROM {S}.requests WHERE {cond}", *params))
+    matched = int(await conn.fetchval(f"SELECT count(*) FROM {S}.requests r WHERE {cond}", *params))
     if matched > limit:
         raise ActionRefused(
             "too_many",
@@ -155,7 +155,7 @@ async def plan(
     else:
         rows = await conn.fetch(
             f"SELECT request_id, correlation_id, status, current_stage, topic,"
-            f" organization_id, student_id, created_at FROM {S}.requests WHERE {cond}"
+            f" organization_id, student_id, created_at FROM {S}.requests r WHERE {cond}"
             f" ORDER BY created_at DESC, request_id DESC",
             *params,
         )

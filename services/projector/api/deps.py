@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -27,6 +28,8 @@ class AppState:
     publisher: KafkaPublisher
     tracker: RequestTracker
     log_ends: LogEnds | None = None
+    #: Stalled requests per (organization, stage), as last counted (None: not yet).
+    stalled: dict[tuple[str, str], int] | None = None
 
 
 def get_state(request: Request) -> AppState:
@@ -104,21 +107,36 @@ async def read_after(
     reached, folded = await state.hub.folded_past(TRACKING_TOPIC, partition, offset, 0)
     if reached:
         return position
-    if state.log_ends is not None:
-        end = await state.log_ends.end(partition)
-        if end is not None and offset >= end:
-            # Not one the log has given (yet): a conflict with the log's state, not a
-            # malformed value (the log may grow to it).
-            what = "no such partition" if end < 0 else f"the log ends at {partition}:{end}"
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                {
-                    "code": "position_not_in_log",
-                    "message": f"{position} is not a position of {TRACKING_TOPIC}: {what}",
-                    "wanted": position,
-                },
-            )
-    reached, folded = await state.hub.folded_past(TRACKING_TOPIC, partition, offset, wait_s)
+    # Wait for the projector and, beside it (off the wait's path), ask the broker whether
+    # the log has such a position at all: if not, answer at once.
+    waiting = asyncio.ensure_future(
+        state.hub.folded_past(TRACKING_TOPIC, partition, offset, wait_s)
+    )
+    checking = asyncio.ensure_future(_log_end(state, partition))
+    try:
+        done, _ = await asyncio.wait({waiting, checking}, return_when=asyncio.FIRST_COMPLETED)
+        if checking not in done and not waiting.result()[0]:
+            # Not folded in time: before saying "behind", make sure the position is real.
+            await asyncio.wait({checking})
+        if checking.done():
+            end = checking.result()
+            if end is not None and offset >= end:
+                what = "no such partition" if end < 0 else f"the log ends at {partition}:{end}"
+                # Not one the log has given (yet): a conflict with the log's state, not a
+                # malformed value (the log may grow to it).
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    {
+                        "code": "position_not_in_log",
+                        "message": f"{position} is not a position of {TRACKING_TOPIC}: {what}",
+                        "wanted": position,
+                    },
+                )
+        reached, folded = await waiting
+    finally:
+        for task in (waiting, checking):
+            if not task.done():
+                task.cancel()
     if not reached:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -131,6 +149,10 @@ async def read_after(
             headers={"Retry-After": "1"},
         )
     return position
+
+
+async def _log_end(state: AppState, partition: int) -> int | None:
+    return None if state.log_ends is None else await state.log_ends.end(partition)
 
 
 ReadAfter = Annotated[str | None, Depends(read_after)]

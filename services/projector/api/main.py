@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import uvicorn
@@ -77,16 +76,22 @@ class RouteTiming:
             )
 
 
-async def _stalled_gauge(settings: Settings, pool: Any) -> None:
-    """Keep vividly_requests_stalled{stage} current (every stalled_refresh_s)."""
+async def _stalled_gauge(state: AppState) -> None:
+    """Keep the stalled counts current (every stalled_refresh_s): the gauge
+    vividly_requests_stalled{stage} and the per-organization counts the dashboard reads."""
+    settings, pool = state.settings, state.pool
     while True:
         try:
             async with pool.acquire() as conn:
-                counts = await views.stalled_counts(
-                    conn, None, settings.stage_expected_s, settings.expected_s(None)
+                by_org = await views.stalled_by_org(
+                    conn, settings.stage_expected_s, settings.expected_s(None)
                 )
+            state.stalled = by_org
+            totals: dict[str, int] = {}
+            for (_org, stage), n in by_org.items():
+                totals[stage] = totals.get(stage, 0) + n
             for stage in STAGES:
-                metrics.requests_stalled.labels(stage).set(counts.get(stage, 0))
+                metrics.requests_stalled.labels(stage).set(totals.get(stage, 0))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot count stalled requests", extra={"error": str(exc)})
         await asyncio.sleep(settings.stalled_refresh_s)
@@ -105,7 +110,20 @@ def create_app(settings: Settings) -> FastAPI:
             settings,
             topic_plan(settings),
         )
-        pool = await asyncpg.create_pool(url, min_size=2, max_size=settings.api_db_pool_size)
+        # Custom plans: a filter's selectivity varies by orders of magnitude with its
+        # values (a rare error word, a slowness bound), and a generic plan cached for the
+        # prepared statement would be wrong for most of them. No parallel workers: their
+        # start-up costs more than the short queries of an API gain (measured with
+        # bench.api at 1M requests).
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=2,
+            max_size=settings.api_db_pool_size,
+            server_settings={
+                "plan_cache_mode": "force_custom_plan",
+                "max_parallel_workers_per_gather": "0",
+            },
+        )
         hub = Hub(
             url,
             pool,
@@ -118,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
         tracker = RequestTracker.from_settings(settings, publisher)
         log_ends = LogEnds(settings, TRACKING_TOPIC)
         app.state.vividly = AppState(settings, secret, pool, hub, publisher, tracker, log_ends)
-        gauges = asyncio.create_task(_stalled_gauge(settings, pool), name="stalled-gauge")
+        gauges = asyncio.create_task(_stalled_gauge(app.state.vividly), name="stalled-gauge")
         log.info("api ready", extra={"port": settings.api_port})
         try:
             yield

@@ -34,7 +34,9 @@ def _not_found(request_id: str) -> HTTPException:
 )
 async def dashboard(who: Reader, conn: Conn, state: State) -> dict[str, Any]:
     settings = state.settings
-    return await views.dashboard(conn, who, settings.stage_expected_s, settings.expected_s(None))
+    return await views.dashboard(
+        conn, who, settings.stage_expected_s, settings.expected_s(None), state.stalled
+    )
 
 
 @router.get(
