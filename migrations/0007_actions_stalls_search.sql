@@ -24,6 +24,10 @@ BEGIN
       (error_stage, created_at DESC, request_id DESC) WHERE status = 'failed';
     CREATE INDEX IF NOT EXISTS request_stages_duration ON %1$I.request_stages
       (stage, duration_ms DESC) INCLUDE (request_id) WHERE duration_ms IS NOT NULL;
+    -- A request's attempt durations without visiting the table: "slower than" walks the
+    -- newest requests probing this.
+    CREATE INDEX IF NOT EXISTS request_stages_probe ON %1$I.request_stages
+      (request_id, stage) INCLUDE (duration_ms);
   $ddl$, target);
 END
 $fn$;

@@ -46,16 +46,6 @@ class ApiStatusReader:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """One API call: (status, the JSON body, or the error's ``detail``)."""
-        return self._call(method, path, body, timeout, headers)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        timeout: float | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             f"{self.base_url}{path}",
@@ -87,7 +77,7 @@ class ApiStatusReader:
         deadline = time.monotonic() + wait_s
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            status, answer = self._call(
+            status, answer = self.call(
                 method, path + _after(position, remaining), body, timeout=self.timeout + remaining
             )
             if not _behind(status, answer) or deadline - time.monotonic() <= 0.05:

@@ -19,7 +19,7 @@ from tests.docs import seed_app, seed_worker
 from tests.integration.kafka_util import read_topic
 from tests.readside import ReadSide, make_request, read_side, visible, wait_for
 from vividly import ApiStatusReader, RequestTracker, TrackingSession
-from vividly.config import RETRIEVED, TRACKING_TOPIC
+from vividly.config import RETRIEVED, STAGES, TRACKING_TOPIC
 from vividly.events import WorkItem, decode_envelope
 from vividly.publish import KafkaPublisher
 
@@ -68,17 +68,7 @@ def test_the_seed_worker_runs_as_written_with_no_sleep(side: ReadSide) -> None:
         rid, _ = creator.create_request("s-seed", "Photosynthesis", "light reactions", "10", 5)
         seed_worker.process_content_request(db, rid)
         assert fresh(db, rid)["status"] == "completed"
-        assert stages_of(side, rid) == {
-            f"{s}#1": "completed"
-            for s in (
-                "validation",
-                "rag_retrieval",
-                "script_generation",
-                "video_generation",
-                "video_processing",
-                "notification",
-            )
-        }
+        assert stages_of(side, rid) == {f"{s}#1": "completed" for s in STAGES}
         assert seed_app.WORLD.emails[-1]["to"] == seed_app.student_email
     finally:
         publisher.close(10)

@@ -318,12 +318,14 @@ _BULK_KEY = Header(
 # Declared before /{request_id}/retry: routing matches the path template first (the id's
 # pattern is checked after), so "bulk" would otherwise be taken for a request id.
 @router.post(
-    "/bulk/retry",
+    "/bulk/{action}",
     status_code=status.HTTP_202_ACCEPTED,
-    summary="Retry every failed request a filter matches (dry run first)",
+    summary="Retry every failed, or cancel every unfinished, request a filter matches "
+    "(dry run first)",
     responses={**errors(409), 200: {"description": _BULK_200}},
 )
-async def bulk_retry(
+async def bulk(
+    action: Annotated[Literal["retry", "cancel"], Path(description="retry or cancel")],
     body: BulkBody,
     who: Caller,
     state: State,
@@ -331,24 +333,7 @@ async def bulk_retry(
     response: Response,
     idempotency_key: Annotated[str | None, _BULK_KEY] = None,
 ) -> dict[str, Any]:
-    return await _bulk("retry", body, who, state, conn, response, idempotency_key)
-
-
-@router.post(
-    "/bulk/cancel",
-    status_code=status.HTTP_202_ACCEPTED,
-    summary="Cancel every unfinished request a filter matches (dry run first)",
-    responses={**errors(409), 200: {"description": _BULK_200}},
-)
-async def bulk_cancel(
-    body: BulkBody,
-    who: Caller,
-    state: State,
-    conn: Conn,
-    response: Response,
-    idempotency_key: Annotated[str | None, _BULK_KEY] = None,
-) -> dict[str, Any]:
-    return await _bulk("cancel", body, who, state, conn, response, idempotency_key)
+    return await _bulk(action, body, who, state, conn, response, idempotency_key)
 
 
 @router.post(
