@@ -20,6 +20,10 @@ BEGIN
     CREATE INDEX IF NOT EXISTS requests_error_search ON %1$I.requests USING gin (error_search);
     CREATE INDEX IF NOT EXISTS requests_active_updated ON %1$I.requests (updated_at)
       WHERE status IN ('queued', 'running', 'waiting');
+    -- The unfinished requests, newest first (status=active and status=stalled pages):
+    -- a handful of rows however large the table grows.
+    CREATE INDEX IF NOT EXISTS requests_active_created ON %1$I.requests
+      (created_at DESC, request_id DESC) WHERE status IN ('queued', 'running', 'waiting');
     CREATE INDEX IF NOT EXISTS requests_failed_stage ON %1$I.requests
       (error_stage, created_at DESC, request_id DESC) WHERE status = 'failed';
     CREATE INDEX IF NOT EXISTS request_stages_duration ON %1$I.request_stages
