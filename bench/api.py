@@ -525,7 +525,10 @@ def measure_bulk(pipeline: Pipeline, pg_url: str, n: int) -> dict[str, Any]:
     api = ApiStatusReader(pipeline.api_url, mint(SECRET, role="admin", sub="bench"), 300)
     body = {"filter": {"organization_id": org, "failed_at": "script_generation"}}
     started = time.perf_counter()
-    status, dry = api.call("POST", "/api/v1/requests/bulk/retry", {**body, "dry_run": True})
+    key = {"Idempotency-Key": f"bench-{os.urandom(4).hex()}"}
+    status, dry = api.call(
+        "POST", "/api/v1/requests/bulk/retry", {**body, "dry_run": True}, headers=key
+    )
     dry_s = time.perf_counter() - started
     if status != 200 or dry["eligible"] != n:
         raise RuntimeError(f"dry run: {status} {dry}")
@@ -534,7 +537,7 @@ def measure_bulk(pipeline: Pipeline, pg_url: str, n: int) -> dict[str, Any]:
         "POST",
         "/api/v1/requests/bulk/retry",
         {**body, "dry_run": False},
-        headers={"Idempotency-Key": f"bench-{os.urandom(4).hex()}"},
+        headers=key,
     )
     run_s = time.perf_counter() - started
     if status != 202 or done["applied"] != n:

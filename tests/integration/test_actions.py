@@ -272,8 +272,9 @@ def test_bulk_retry_dry_run_then_once_scoped_and_idempotent(side: ReadSide, uniq
     wait_for(lambda: visible(side, ok, "completed"), what="completed")
     hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     body = {"filter": {"failed_at": "script_generation", "since": hour_ago}, "dry_run": True}
+    key = {"Idempotency-Key": f"bulk-{unique}"}
     with side.client("teacher", "t-1", org) as c:
-        dry = c.post("/api/v1/requests/bulk/retry", json=body)
+        dry = c.post("/api/v1/requests/bulk/retry", json=body, headers=key)
         assert dry.status_code == 200, dry.text
         assert dry.json()["matched"] == 5  # only its organization's
         assert dry.json()["eligible"] == 5
@@ -281,7 +282,6 @@ def test_bulk_retry_dry_run_then_once_scoped_and_idempotent(side: ReadSide, uniq
         missing_key = c.post("/api/v1/requests/bulk/retry", json={**body, "dry_run": False})
         assert missing_key.status_code == 422
         assert missing_key.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
-        key = {"Idempotency-Key": f"bulk-{unique}"}
         run = c.post("/api/v1/requests/bulk/retry", json={**body, "dry_run": False}, headers=key)
         assert run.status_code == 202, run.text
         result = run.json()
@@ -335,10 +335,16 @@ def test_bulk_cancel_and_who_may_do_it(side: ReadSide, unique: str) -> None:
         until(side, rid, "running")
     wait_for(lambda: visible(side, done, "completed"), what="completed")
     with side.client("student", "s0", org) as student:
-        r = student.post("/api/v1/requests/bulk/cancel", json={"dry_run": True})
+        r = student.post(
+            "/api/v1/requests/bulk/cancel", json={"dry_run": True}, headers={"Idempotency-Key": "k"}
+        )
         assert r.status_code == 403
     with side.client("teacher", "t-1", org) as c:
-        finished = c.post("/api/v1/requests/bulk/cancel", json={"filter": {"status": "completed"}})
+        finished = c.post(
+            "/api/v1/requests/bulk/cancel",
+            json={"filter": {"status": "completed"}},
+            headers={"Idempotency-Key": "k"},
+        )
         assert finished.status_code == 409
         body = {"filter": {"organization_id": org}, "dry_run": False, "reason": "term ended"}
         key = {"Idempotency-Key": str(uuid.uuid4())}

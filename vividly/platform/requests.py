@@ -3,8 +3,8 @@ terminal, through the monitoring API (so they are scoped and recorded like any c
 
 A retry or cancel always shows its dry run first (the count, what is skipped and why, a
 sample); ``--dry-run`` stops there, ``--yes`` acts without asking. Acting sends one
-Idempotency-Key (``--idempotency-key`` to repeat a call that was cut short: the API
-answers the first run's result and finishes what it claimed).
+Idempotency-Key, the dry run's too (``--idempotency-key`` to repeat a call that was cut
+short: the API answers the first run's result and finishes what it claimed).
 """
 
 from __future__ import annotations
@@ -187,8 +187,15 @@ def _list(api: ApiStatusReader, flt: dict[str, Any], args: argparse.Namespace) -
 
 def _bulk(api: ApiStatusReader, action: str, flt: dict[str, Any], args: argparse.Namespace) -> int:
     path = f"/api/v1/requests/bulk/{action}"
+    key = args.idempotency_key or str(uuid.uuid4())
     with console.status(f"counting what a bulk {action} would cover…"):
-        status, dry = _call(api, "POST", path, body={"filter": flt, "dry_run": True})
+        status, dry = _call(
+            api,
+            "POST",
+            path,
+            body={"filter": flt, "dry_run": True},
+            headers={"Idempotency-Key": key},
+        )
     if status != 200:
         return _fail(f"the dry run was refused ({status}): {dry}")
     if args.json and args.dry_run:
@@ -213,7 +220,6 @@ def _bulk(api: ApiStatusReader, action: str, flt: dict[str, Any], args: argparse
         if not Confirm.ask(f"{action.capitalize()} {dry['eligible']} request(s)?", default=False):
             console.print("nothing done")
             return 1
-    key = args.idempotency_key or str(uuid.uuid4())
     with console.status(f"{action} of {dry['eligible']} request(s)…"):
         status, done = _call(
             api,

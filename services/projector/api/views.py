@@ -84,10 +84,10 @@ def stalled_sql(expected: dict[str, float], default: float) -> str:
 
 
 #: Fewer slow attempts than this and a "slower than" list starts from them; more, and it
-#: walks the newest requests probing each (see :func:`slow_matches`). Chosen where the
-#: two cost the same at 1M requests (about 30 ms, for a bound that ~0.6% of a stage's
-#: attempts exceed; most bounds cost far less either way).
-SLOW_RARE = 6000
+#: walks the newest requests probing each (see :func:`slow_matches`). About where the two
+#: cost the same at 1M requests (a bound that ~0.35% of a stage's attempts exceed); most
+#: bounds cost far less either way. bench.api measures it.
+SLOW_RARE = 3500
 
 
 def _slow_cond(flt: RequestFilter, params: list[Any]) -> str:

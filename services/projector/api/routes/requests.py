@@ -235,7 +235,7 @@ async def _bulk(
     state: Any,
     conn: Any,
     response: Response,
-    idempotency_key: str | None,
+    idempotency_key: str,
 ) -> dict[str, Any]:
     if who.role == "student":
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"students cannot bulk-{action} requests")
@@ -245,21 +245,9 @@ async def _bulk(
         raise _conflict(
             actions.ActionRefused("finished", f"{flt.status} requests have finished: no cancel")
         )
-    if not body.dry_run and not idempotency_key:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [
-                {
-                    "loc": ["header", "Idempotency-Key"],
-                    "msg": "a bulk action that acts needs an Idempotency-Key (repeat it to "
-                    "repeat the call safely)",
-                    "type": "missing",
-                }
-            ],
-        )
     settings = state.settings
     try:
-        if not body.dry_run and idempotency_key:
+        if not body.dry_run:
             done = await actions.earlier(conn, who, idempotency_key, action, given)
             if done is not None:
                 response.status_code = status.HTTP_200_OK
@@ -285,7 +273,6 @@ async def _bulk(
                 "skipped": the_plan.skipped,
                 "sample": the_plan.sample,
             }
-        assert idempotency_key is not None
         return await actions.run_bulk(
             conn,
             state.tracker,
@@ -311,7 +298,7 @@ _BULK_200 = (
 _BULK_KEY = Header(
     alias="Idempotency-Key",
     pattern=r"^[\x21-\x7e]{1,200}$",
-    description="Required unless dry_run: the same key repeats the call safely",
+    description="The same key repeats the call safely (a dry run stores nothing under it)",
 )
 
 
@@ -331,7 +318,7 @@ async def bulk(
     state: State,
     conn: Conn,
     response: Response,
-    idempotency_key: Annotated[str | None, _BULK_KEY] = None,
+    idempotency_key: Annotated[str, _BULK_KEY],
 ) -> dict[str, Any]:
     return await _bulk(action, body, who, state, conn, response, idempotency_key)
 
