@@ -56,7 +56,6 @@ DateTime = Annotated[
     BeforeValidator(_rfc3339),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
-_RELATIVE = re.compile(r"^([0-9]+)([smhd])$")
 
 
 def _aware(at: datetime | None) -> datetime | None:
