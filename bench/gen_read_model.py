@@ -54,6 +54,12 @@ def steps(n: int, per: int) -> list[tuple[str, str]]:
     stages = "ARRAY[" + ",".join(f"'{s}'" for s in STAGES) + "]"
     types = "ARRAY[" + ",".join(f"'{t}'" for t in TYPES) + "]"
     span = "interval '30 days'"
+    # Each request's longest attempt per stage: its one attempt's, as request_stages has.
+    slowest = (
+        "jsonb_build_object("
+        + ", ".join(f"'{st}', 200 + (i * {k}) % 4000" for k, st in enumerate(STAGES, 1))
+        + ")"
+    )
     hist = (
         "ARRAY["
         + ",".join(
@@ -69,7 +75,7 @@ def steps(n: int, per: int) -> list[tuple[str, str]]:
                 organization_id, topic, learning_objective, grade_level, duration_minutes,
                 metadata, status, current_stage, waiting_reason, waiting_detail, error_stage,
                 error_message, outputs, attempts, created_at, started_at, completed_at,
-                failed_at, updated_at)
+                failed_at, updated_at, slowest_ms)
             SELECT md5('r' || i)::uuid::text, md5('c' || i)::uuid::text, 'stu-' || (i % 20000),
                 'org-' || (i % 40), ({topics})[1 + i % 20] || ' ' || (i % 97),
                 'understand ' || lower(({topics})[1 + (i * 7) % 20]), (1 + i % 12)::text, 5,
@@ -84,7 +90,7 @@ def steps(n: int, per: int) -> list[tuple[str, str]]:
                 '{{"validation":{{"grade_level":"10"}}}}', '{{"validation":1}}',
                 t.at, t.at, CASE WHEN s.status = 'completed' THEN t.at + interval '90 s' END,
                 CASE WHEN s.status = 'failed' THEN t.at + interval '40 s' END,
-                t.at + interval '90 s'
+                t.at + interval '90 s', {slowest}
             FROM generate_series(1, {n}) AS i,
                 LATERAL (SELECT now() - {span} * (i::float8 / {n}) AS at) t,
                 LATERAL (SELECT CASE WHEN i % 100 < 97 THEN 'completed'
@@ -211,6 +217,7 @@ async def generate(
         await conn.execute("SELECT vividly.create_read_model_safety($1)", SCHEMA)
         await conn.execute("SELECT vividly.create_read_model_scopes($1)", SCHEMA)
         await conn.execute("SELECT vividly.create_read_model_actions($1)", SCHEMA)
+        await conn.execute("SELECT vividly.create_read_model_slowest($1)", SCHEMA)
         indexes = await conn.fetch(
             "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = $1 AND NOT"
             " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",

@@ -115,6 +115,12 @@ class RequestDelta:
     completed_at: datetime | None = None
     failed_at: datetime | None = None
     cancelled: tuple[str | None, str | None, datetime | None] = (None, None, None)
+    #: stage -> the longest attempt of it in this batch (ms); stored as the per-stage max
+    slowest: dict[str, float] = field(default_factory=dict)
+
+    def slower(self, stage: str, duration_ms: float) -> None:
+        if duration_ms > self.slowest.get(stage, -math.inf):
+            self.slowest[stage] = duration_ms
 
     def set_status(self, status: str, at: datetime) -> None:
         self.status = status
@@ -389,6 +395,7 @@ def _stage_completed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline
     row = b.stage(env.request_id, ev.stage, ev.attempt, "completed")
     row.ended_at = at
     row.duration_ms = ev.duration_ms
+    d.slower(ev.stage, ev.duration_ms)
     row.output = output
     m, h = b.metric(env.request_id, ev.stage)
     m.observe(ev.duration_ms)
@@ -407,6 +414,7 @@ def _stage_failed(b: Batch, env: Envelope, ev: Any, at: datetime) -> Timeline:
     row = b.stage(env.request_id, ev.stage, ev.attempt, "failed")
     row.ended_at = at
     row.duration_ms = ev.duration_ms
+    d.slower(ev.stage, ev.duration_ms)
     row.error_message = ev.error_message
     row.error_details = details
     row.is_retryable = ev.is_retryable

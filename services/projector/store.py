@@ -77,6 +77,7 @@ REQUEST_COLUMNS = (
     "cancelled_at",
     "cancelled_by",
     "cancel_reason",
+    "slowest_ms",
 )
 STAGE_COLUMNS = (
     "request_id",
@@ -98,8 +99,9 @@ STAGE_COLUMNS = (
 #: The projection's version: raise it when the fold writes something a read model folded
 #: by older code does not have (2: per-organization aggregates). A live read model with
 #: an older version is rebuilt from the log when the projector starts. 3: cancelled
-#: requests, and a failed or cancelled request's open attempts closed.
-READ_MODEL_VERSION = 3
+#: requests, and a failed or cancelled request's open attempts closed. 4: each request's
+#: longest attempt per stage (``slowest_ms``, for "slower than").
+READ_MODEL_VERSION = 4
 
 
 #: How a stored metric row takes a batch's delta (global and per-organization alike).
@@ -237,21 +239,26 @@ class ReadModelStore:
                 cancelled_by = CASE WHEN u.status IS NULL THEN r.cancelled_by
                                ELSE u.cancelled_by END,
                 cancel_reason = CASE WHEN u.status IS NULL THEN r.cancel_reason
-                                ELSE u.cancel_reason END
+                                ELSE u.cancel_reason END,
+                slowest_ms = CASE WHEN u.slowest = '{{}}'::jsonb THEN r.slowest_ms
+                             ELSE (SELECT jsonb_object_agg(k, GREATEST((r.slowest_ms->>k)::float8,
+                                                                       v::float8))
+                                   FROM jsonb_each_text(r.slowest_ms || u.slowest) AS e(k, v))
+                             END
             FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::int[], $10::jsonb[], $11::text[], $12::timestamptz[],
                 $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
                 $18::text[], $19::text[], $20::jsonb[], $21::timestamptz[], $22::timestamptz[],
                 $23::jsonb[], $24::jsonb[], $25::int[], $26::text[], $27::text[],
                 $28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::text[],
-                $32::text[])
+                $32::text[], $33::jsonb[])
               AS u(request_id, correlation_id, has_spec, student_id, organization_id, topic,
                    learning_objective, grade_level, duration_minutes, metadata,
                    idempotency_key, created_at, status, current_stage, waiting_reason,
                    waiting_detail, waiting_until, error_stage, error_message, error_details,
                    completed_at, failed_at, outputs, attempts, retries, video_url,
                    thumbnail_url, started_at, updated_at, cancelled_at, cancelled_by,
-                   cancel_reason)
+                   cancel_reason, slowest)
             WHERE r.request_id = u.request_id"""
         # Open attempts of requests that end in a batch (the fold closes them).
         self._sql_open = f"""
@@ -359,6 +366,7 @@ class ReadModelStore:
         await conn.execute("SELECT vividly.create_read_model_safety($1)", self.schema)
         await conn.execute("SELECT vividly.create_read_model_scopes($1)", self.schema)
         await conn.execute("SELECT vividly.create_read_model_actions($1)", self.schema)
+        await conn.execute("SELECT vividly.create_read_model_slowest($1)", self.schema)
         # A schema nothing has been folded into holds this code's projection from the
         # start; one folded by an older projector stays unstamped (see outdated()).
         await conn.execute(
@@ -714,6 +722,7 @@ UPDATE_COLUMNS = (
     "cancelled_at",
     "cancelled_by",
     "cancel_reason",
+    "slowest",
 )
 
 
@@ -732,6 +741,8 @@ def _values(d: Any) -> dict[str, Any]:
         current_stage=d.current_stage,
         outputs=_json_map(d.outputs),
         attempts=_json_map(d.attempts),
+        slowest=_json_map(d.slowest),
+        slowest_ms=_json_map(d.slowest),
         retries=d.retries,
         retry_count=d.retries,
         video_url=d.video_url,

@@ -518,3 +518,70 @@ def test_both_ways_of_finding_slow_requests_give_the_same_page(
             monkeypatch.setattr(views, "SLOW_RARE", 0)  # always "many"
             many = asyncio.run(page(flt, who))
             assert few == many == [made[4], made[2], made[1]]
+
+
+def test_a_request_keeps_each_stages_longest_attempt_across_batches(
+    side: ReadSide, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's ``slowest_ms`` is merged with what is stored (one batch per step here): a
+    slow failed first attempt stays after a quick retry, a later stage adds its own, and
+    "slower than" finds the request by either path; a bound above it finds nothing."""
+    import asyncio
+
+    import asyncpg
+
+    from services.projector.api import views
+    from vividly.runtime.auth import Principal
+
+    org = f"org-{unique}"
+    t = side.tracker
+    rid, _ = t.create_request("s1", "Slow retry", "o", "5", 3, organization_id=org)
+    side.flush()
+    until(side, rid)
+    t.start_stage(rid, "script_generation")
+    t.fail_stage(rid, "script_generation", "gemini 503", is_retryable=True, duration_ms=9100.0)
+    side.flush()
+    wait_for(lambda: stages_of(side, rid).get("script_generation#1") == "failed", what="fail")
+    t.start_stage(rid, "script_generation", attempt=2)
+    t.complete_stage(rid, "script_generation", duration_ms=120.0, attempt=2)
+    t.complete_stage(rid, "rag_retrieval", duration_ms=40.5)
+    side.flush()
+    wait_for(lambda: stages_of(side, rid).get("script_generation#2") == "completed", what="retry")
+
+    async def stored() -> Any:
+        conn = await asyncpg.connect(side.pipeline.database_url)
+        try:
+            return await conn.fetchval(
+                "SELECT slowest_ms FROM vividly_read.requests WHERE request_id = $1", rid
+            )
+        finally:
+            await conn.close()
+
+    assert json.loads(asyncio.run(stored())) == {"script_generation": 9100.0, "rag_retrieval": 40.5}
+
+    async def page(flt: views.RequestFilter) -> list[str]:
+        conn = await asyncpg.connect(side.pipeline.database_url)
+        try:
+            out = await views.list_requests(
+                conn,
+                Principal(role="teacher", sub="t", org=org),
+                flt,
+                limit=20,
+                cursor=None,
+                expected={},
+                default_expected=900.0,
+            )
+        finally:
+            await conn.close()
+        return [i["request_id"] for i in out["items"]]
+
+    for rare in (10**9, 0):  # "few" (the attempts' index) and "many" (the rows' walk)
+        monkeypatch.setattr(views, "SLOW_RARE", rare)
+        assert asyncio.run(page(views.RequestFilter(slower_than_ms=9000))) == [rid]
+        assert asyncio.run(
+            page(views.RequestFilter(slower_than_ms=9000, stage="script_generation"))
+        ) == [rid]
+        assert (
+            asyncio.run(page(views.RequestFilter(slower_than_ms=9000, stage="rag_retrieval"))) == []
+        )
+        assert asyncio.run(page(views.RequestFilter(slower_than_ms=9200))) == []

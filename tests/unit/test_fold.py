@@ -166,3 +166,21 @@ def test_the_close_is_the_same_however_the_log_is_cut_into_batches() -> None:
         (rid, "rag_retrieval", 1): "cancelled",
         (rid, "script_generation", 1): "cancelled",
     }
+
+
+def test_each_stage_keeps_its_longest_attempt_completed_or_failed() -> None:
+    """``slowest`` (the row's ``slowest_ms``) is the longest attempt per stage: a slow
+    failed first attempt is not forgotten when a quick retry completes, and a stage
+    with no ended attempt has no entry."""
+    tracker, pub = tracked()
+    rid, _ = tracker.create_request("s1", "Photosynthesis", "obj", "10", 5, organization_id="o1")
+    tracker.start_stage(rid, "script_generation")
+    tracker.fail_stage(rid, "script_generation", "gemini 503", duration_ms=9100.0)
+    tracker.start_stage(rid, "script_generation", attempt=2)
+    tracker.complete_stage(rid, "script_generation", duration_ms=120.0, attempt=2)
+    tracker.start_stage(rid, "video_generation")
+    tracker.complete_stage(rid, "rag_retrieval", duration_ms=40.5)
+    assert fold_batch(envelopes(pub), {}).requests[rid].slowest == {
+        "script_generation": 9100.0,
+        "rag_retrieval": 40.5,
+    }
