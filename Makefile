@@ -10,12 +10,17 @@ KAFKA_LIBS := .cache/kafka-libs
 VENV_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 SYSTEM_STAMP := .cache/.system-packages
+# Jaeger v2, the local trace backend: built once from the tools module in deploy/jaeger
+# (its go.mod pins the version; `go install …@version` is refused for its replace
+# directives), then reused.
+JAEGER_BIN := .cache/jaeger/jaeger
+GO ?= go
 # The Compose specification's JSON schema, from the docker-compose wheel on PyPI (pinned).
 COMPOSE_SCHEMA := .cache/compose_spec.json
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-packages run test test-unit test-integration lint format proto \
-        proto-check bench clean
+        proto-check bench clean jaeger
 
 help:
 	@echo "make run    - the whole local stack in the foreground: broker, Postgres, emulators, services, projector, API"
@@ -23,7 +28,16 @@ help:
 	@echo "make setup  - virtualenv, Python packages, Apache Kafka jars (idempotent)"
 	@echo "make lint | format | proto | proto-check | bench | clean"
 
-setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(COMPOSE_SCHEMA)
+setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(KAFKA_STAMP) $(COMPOSE_SCHEMA) $(JAEGER_BIN)
+
+jaeger: $(JAEGER_BIN)
+
+$(JAEGER_BIN): deploy/jaeger/go.mod deploy/jaeger/go.sum
+	@mkdir -p $(dir $@)
+	@echo "building Jaeger v2 from deploy/jaeger/go.mod (once; a few minutes cold)"
+	cd deploy/jaeger && $(GO) build -trimpath -o $(abspath $@).tmp \
+	  github.com/jaegertracing/jaeger/cmd/jaeger
+	@mv $@.tmp $@
 
 # Java and Maven resolve and run the reference Apache Kafka broker; ffmpeg renders the
 # emulated videos and makes thumbnails; fonts for the rendered titles; Chromium runs the

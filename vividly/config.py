@@ -133,6 +133,22 @@ class Settings(BaseSettings):
     gemini_port: int = Field(default=8701, ge=1, le=65535, description="Gemini emulator.")
     video_port: int = Field(default=8702, ge=1, le=65535, description="Video API emulator.")
     s3_port: int = Field(default=8703, ge=1, le=65535, description="moto's S3 server.")
+    jaeger_otlp_port: int = Field(
+        default=4318, ge=1, le=65535, description="The local Jaeger's OTLP/HTTP receiver."
+    )
+    jaeger_otlp_grpc_port: int = Field(
+        default=4317, ge=1, le=65535, description="The local Jaeger's OTLP/gRPC receiver."
+    )
+    jaeger_query_port: int = Field(
+        default=16686, ge=1, le=65535, description="The local Jaeger's query API (and UI)."
+    )
+    jaeger_query_grpc_port: int = Field(default=16685, ge=1, le=65535)
+    jaeger_health_port: int = Field(default=13133, ge=1, le=65535)
+    jaeger_query_url: str = Field(
+        default="",
+        description="Jaeger's query API, read by GET …/requests/{id}/trace (never exposed "
+        "to callers: Jaeger has no login); empty: the route answers 503.",
+    )
 
     # --- stages: retries and breakers -------------------------------------------------
     # One policy for both (vividly.errors.RetryPolicy): a stage's attempts, and the tries
@@ -235,6 +251,12 @@ class Settings(BaseSettings):
         "resumes with the id of the last whole frame it read.",
     )
     api_db_pool_size: int = Field(default=10, ge=1)
+    api_trace_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long GET …/requests/{id}/trace waits for the trace backend.",
+    )
     api_submit_visible_s: float = Field(
         default=3.0,
         ge=0,

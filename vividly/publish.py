@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from vividly import metrics
-from vividly.config import Settings
+from vividly import metrics, tracing
+from vividly.config import TRACKING_TOPIC, Settings
 from vividly.events import H_CORRELATION, H_TRACEPARENT, H_TYPE
 
 if TYPE_CHECKING:
@@ -410,13 +410,31 @@ async def publish_acked(
     landed: list[tuple[int, int]] = [(-1, -1)] * len(messages)
     for i, (topic, key, value, headers) in enumerate(messages):
         fut: asyncio.Future[str | None] = loop.create_future()
+        # A work item handed on is a hop of the request's trace (tracking events are
+        # not: their traceparent names the span they were published under).
+        span, headers = (
+            tracing.send_span(topic, key, headers)
+            if topic != TRACKING_TOPIC
+            else (None, list(headers))
+        )
 
-        def done(err: Any, msg: Any, fut: asyncio.Future[str | None] = fut, i: int = i) -> None:
+        def done(
+            err: Any,
+            msg: Any,
+            fut: asyncio.Future[str | None] = fut,
+            i: int = i,
+            span: Any = span,
+        ) -> None:
             if err is None and msg is not None:
                 landed[i] = (msg.partition(), msg.offset())
+            tracing.end_send(span, *landed[i], None if err is None else str(err))
             loop.call_soon_threadsafe(_settle, fut, None if err is None else str(err))
 
-        publisher.publish(topic, key, value, list(headers), on_delivery=done)
+        try:
+            publisher.publish(topic, key, value, headers, on_delivery=done)
+        except BaseException as exc:
+            tracing.end_send(span, -1, -1, f"{type(exc).__name__}: {exc}")
+            raise
         futs.append(fut)
     try:
         errors = await asyncio.wait_for(asyncio.gather(*futs), timeout)

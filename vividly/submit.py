@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from vividly import tracing
 from vividly.config import SUBMITTED
 from vividly.events import WorkItem, traceparent_for
 from vividly.publish import Outgoing, Publisher
@@ -18,7 +19,19 @@ def submit_request(tracker: RequestTracker, publisher: Publisher, **spec: Any) -
     work item on ``requests.submitted``); returns (request_id, correlation_id). See
     :func:`build_submission` for the arguments."""
     request_id, correlation_id, out = build_submission(tracker, **spec)
-    publisher.publish(out.topic, out.key, out.value, out.headers)
+    with tracing.request_root(
+        "submit request", correlation_id, {tracing.ATTR_REQUEST_ID: request_id}
+    ):
+        span, headers = tracing.send_span(out.topic, out.key, out.headers)
+
+        def landed(err: Any, msg: Any) -> None:
+            ok = err is None and msg is not None
+            partition, offset = (msg.partition(), msg.offset()) if ok else (-1, -1)
+            tracing.end_send(span, partition, offset, None if err is None else str(err))
+
+        publisher.publish(
+            out.topic, out.key, out.value, headers, on_delivery=landed if span else None
+        )
     return request_id, correlation_id
 
 

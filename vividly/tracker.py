@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import orjson
 import uuid_utils
 
-from vividly import errors, metrics
+from vividly import errors, metrics, tracing
 from vividly.config import STAGES, TRACKING_TOPIC, Settings
 from vividly.events import (
     ENVELOPE_TYPE,
@@ -812,8 +812,14 @@ class RequestTracker:
         headers = [_TYPE_HEADER, _KIND_HEADERS.get(kind) or (H_EVENT_TYPE, kind.encode())]
         if correlation_id:
             env.correlation_id = correlation_id
-            # The event is a span: its id is the event id's random tail, its trace the
-            # parent's (from the consumed message) or the correlation id's.
+            # The event's traceparent: its span id is the event id's random tail; its
+            # parent the span current here when that is in the request's trace (a stage
+            # attempt's), else the consumed message's span, else none (the trace is the
+            # correlation id's).
+            if tracing.active():
+                here = tracing.current_traceparent()
+                if here and here[3:35] == (parent[3:35] or tracing.trace_id_hex(correlation_id)):
+                    parent = here
             eid = env.event_id
             traceparent = traceparent_for(correlation_id, eid[19:23] + eid[24:], parent)
             headers.append((H_CORRELATION, correlation_id.encode()))

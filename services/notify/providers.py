@@ -10,6 +10,7 @@ import time
 from email.message import Message
 from typing import Protocol
 
+from vividly import tracing
 from vividly.config import Settings
 from vividly.errors import ProviderError, classify
 
@@ -93,6 +94,27 @@ class SmtpMailer:
         self._give_back(smtp)
 
     async def send(self, message: Message) -> None:
+        # smtplib has no OpenTelemetry instrumentation: the client span is our own, named
+        # and attributed like the conventions' other client calls.
+        with tracing.client_span(
+            "smtp send",
+            {
+                "server.address": self.host,
+                "server.port": self.port,
+                "network.protocol.name": "smtp",
+                "vividly.recipients": len(message.get_all("To", [])),
+            },
+        ) as span:
+            try:
+                await self._send(message)
+            except ProviderError as exc:
+                if span is not None:
+                    span.set_status(tracing.error_status(exc))
+                    if exc.status is not None:
+                        span.set_attribute("smtp.response.status_code", exc.status)
+                raise
+
+    async def _send(self, message: Message) -> None:
         try:
             await asyncio.to_thread(self._deliver, message)
         except smtplib.SMTPRecipientsRefused as exc:

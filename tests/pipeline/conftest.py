@@ -5,6 +5,7 @@ sink and the five services as processes. One per test module; knobs reset per te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import threading
 import time
@@ -154,15 +155,18 @@ class Harness:
         return out
 
 
-@pytest.fixture(scope="module")
-def harness(
-    broker_pool: BrokerPool, postgres: str, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running_harness(
+    broker_pool: BrokerPool,
+    postgres: str,
+    home: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Harness]:
+    """The whole pipeline (five services, projector, API) on a database of its own."""
     broker = broker_pool.get(PIPELINE_BROKER)
     # A database of this module's own, so ledgers and corpus start empty.
     url = fresh_database(postgres, "pipe")
     asyncio.run(migrate(url))
-    home = tmp_path_factory.mktemp("pipeline")
     settings = Settings(kafka_bootstrap=broker.bootstrap, topic_partitions=3)
     ensure_topics(settings, {t: 3 for t in (*STAGE_TOPICS, TRACKING_TOPIC, DLQ_TOPIC)})
     pipeline = Pipeline(
@@ -171,7 +175,7 @@ def harness(
         home,
         PipelinePorts.free(),
         video_job_seconds=0.5,
-        extra_env={**FAST_ENV, "VIVIDLY_JWT_SECRET": API_SECRET},
+        extra_env={**FAST_ENV, "VIVIDLY_JWT_SECRET": API_SECRET, **(extra_env or {})},
     )
     log = EventLog(broker.bootstrap)
     try:
@@ -186,6 +190,14 @@ def harness(
     finally:
         log.stop()
         pipeline.stop()
+
+
+@pytest.fixture(scope="module")
+def harness(
+    broker_pool: BrokerPool, postgres: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    with running_harness(broker_pool, postgres, tmp_path_factory.mktemp("pipeline")) as h:
+        yield h
 
 
 @pytest.fixture(autouse=True)
@@ -210,4 +222,4 @@ def dlq_messages(
     return {key_of(m): headers_of(m) for m in msgs if key_of(m) in request_ids}
 
 
-__all__ = ["Harness", "Path", "dlq_messages"]
+__all__ = ["Harness", "Path", "dlq_messages", "running_harness"]

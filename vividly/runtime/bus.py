@@ -48,8 +48,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
+from opentelemetry.trace import Span, Status, StatusCode
 
-from vividly import metrics
+from vividly import metrics, tracing
 from vividly.config import DLQ_TOPIC, TRACKING_TOPIC, Settings, topic_plan
 from vividly.errors import RetryPolicy, dead_letter, is_outage, is_retryable
 from vividly.events import Envelope, MessageHeaders, WorkItem
@@ -358,27 +359,46 @@ class ConsumerLoop:
         topic, partition = cast(str, msg.topic()), cast(int, msg.partition())
         delivery = Delivery(topic, partition, offset, msg.key(), headers, msg.timestamp()[1])
         value: bytes = msg.value() or b""
+        with tracing.process_span(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=delivery.key,
+            traceparent=headers.traceparent,
+            group=self.group_id,
+            client_id=self.name,
+            size=len(value),
+        ) as span:
+            await self._process_one(msg, delivery, value, span)
+        self._finish(topic, partition, state, offset)
+
+    async def _process_one(
+        self, msg: Message, delivery: Delivery, value: bytes, span: Span | None
+    ) -> None:
+        headers = delivery.headers
         if len(value) > self.settings.max_message_bytes:
             await self._dead_letter(
                 msg,
                 headers,
                 "oversized",
                 f"{len(value)} bytes; the limit is {self.settings.max_message_bytes}",
+                span,
             )
-            self._finish(topic, partition, state, offset)
             return
         decoded = self._decode(headers, value)
         if isinstance(decoded, str):
-            await self._dead_letter(msg, headers, "decode_error", decoded)
+            await self._dead_letter(msg, headers, "decode_error", decoded, span)
+            return
+        request_id: str = getattr(decoded, "request_id", "")
+        if span is not None and request_id:
+            span.set_attribute(tracing.ATTR_REQUEST_ID, request_id)
+        handler = self.handlers.get(type(decoded))
+        if handler is None:
+            await self._dead_letter(
+                msg, headers, "no_handler", f"no handler for {type(decoded).__name__}", span
+            )
         else:
-            handler = self.handlers.get(type(decoded))
-            if handler is None:
-                await self._dead_letter(
-                    msg, headers, "no_handler", f"no handler for {type(decoded).__name__}"
-                )
-            else:
-                await self._handle(msg, delivery, decoded, handler)
-        self._finish(topic, partition, state, offset)
+            await self._handle(msg, delivery, decoded, handler, span)
 
     def _decode(self, headers: MessageHeaders, value: bytes) -> ProtoMessage | str:
         type_name = headers.type_name
@@ -399,7 +419,12 @@ class ConsumerLoop:
         return obj
 
     async def _handle(
-        self, msg: Message, delivery: Delivery, decoded: ProtoMessage, handler: Handler
+        self,
+        msg: Message,
+        delivery: Delivery,
+        decoded: ProtoMessage,
+        handler: Handler,
+        span: Span | None = None,
     ) -> None:
         ctx_token = None
         log_token = None
@@ -440,7 +465,7 @@ class ConsumerLoop:
                     if self.policy.gives_up(attempt, exc):
                         reason = "retries_exhausted" if is_retryable(exc) else "handler_error"
                         await self._dead_letter(
-                            msg, delivery.headers, reason, f"{type(exc).__name__}: {exc}"
+                            msg, delivery.headers, reason, f"{type(exc).__name__}: {exc}", span
                         )
                         return
                     self.stats.retried += 1
@@ -483,9 +508,17 @@ class ConsumerLoop:
             raise DeliveryFailed(f"{exc}; stopping so the input is redelivered") from exc
 
     async def _dead_letter(
-        self, msg: Message, headers: MessageHeaders, reason: str, detail: str
+        self,
+        msg: Message,
+        headers: MessageHeaders,
+        reason: str,
+        detail: str,
+        span: Span | None = None,
     ) -> None:
         self.stats.dead_lettered += 1
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR, f"dead-lettered ({reason}): {detail}"[:500]))
+            span.set_attribute(tracing.ATTR_OUTCOME, "dead_lettered")
         topic, partition, offset = cast(str, msg.topic()), msg.partition(), msg.offset()
         log.error(
             "dead-lettering message",

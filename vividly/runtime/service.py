@@ -22,6 +22,7 @@ from vividly.events import WorkItem
 from vividly.logs import configure_logging
 from vividly.metrics import serve_metrics
 from vividly.publish import KafkaPublisher
+from vividly.runtime import telemetry
 from vividly.runtime.bus import ConsumerLoop, Handler
 from vividly.runtime.ledger import create_pool
 from vividly.tracker import RequestTracker
@@ -92,6 +93,7 @@ async def serve(
                 "events not delivered at shutdown",
                 extra={"failed": report.failed, "pending": report.pending},
             )
+        await asyncio.to_thread(telemetry.shutdown)
 
 
 def run(
@@ -105,6 +107,7 @@ def run(
     """Entry point for ``python -m services.<name>.main``."""
     settings = Settings(producer_name=name)
     configure_logging(name, settings.log_level)
+    telemetry.configure(name)  # spans exported only when OTEL_* asks (off: no cost)
     # Long-lived objects (modules, clients) out of the collector's way, and fewer
     # young-generation passes: a service allocates per message and keeps little.
     gc.freeze()

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from pybreaker import CircuitBreaker
 
-from vividly import metrics
+from vividly import metrics, tracing
 from vividly.breakers import CircuitOpen, guarded, retry_at
 from vividly.config import DLQ_TOPIC, RENDERED, STAGE_EXPECTED_S, STAGES, Settings
 from vividly.errors import RetryPolicy, dead_letter, is_retryable
@@ -280,13 +280,22 @@ class StageRunner:
 
     # -- one stage -------------------------------------------------------------------------
     async def _run(self, stage: Stage, item: WorkItem, last: bool) -> Recorded:
-        rid = item.request_id
         attempt = item.attempt or 1
+        with tracing.stage_span(item.request_id, stage.name, attempt) as span:
+            rec = await self._attempt(stage, item, attempt, last, span)
+            span.outcome(rec.outcome)
+            return rec
+
+    async def _attempt(
+        self, stage: Stage, item: WorkItem, attempt: int, last: bool, span: tracing.StageSpan
+    ) -> Recorded:
+        rid = item.request_id
         done = await self.ledger.lookup(rid, stage.name, attempt)
         if done is not None:
             # A redelivery: this attempt has an outcome already. Its messages may or may
             # not have reached the broker, so publish them again (the same event ids:
             # the projector keeps one); never do the work again.
+            span.replayed()
             log.info(
                 "stage attempt already finished; republishing its outcome",
                 extra={"stage": stage.name, "attempt": attempt, "outcome": done.outcome},
@@ -321,6 +330,7 @@ class StageRunner:
                     metrics.stage_duration.labels(stage.name, "failed").observe(
                         time.perf_counter() - started
                     )
+                    span.failed(exc)
                     failure = self._failed(stage, item, attempt, exc, started)
                     break
         finally:

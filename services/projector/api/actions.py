@@ -21,10 +21,11 @@ from typing import Any
 import orjson
 
 from services.projector.api import views
-from services.projector.api.commands import publish_acked
+from services.projector.api.commands import publish_acked, retry_attrs
 from services.projector.api.views import RequestFilter
 from services.projector.fold import ACTIVE
 from services.projector.store import LIVE_SCHEMA, quote_ident
+from vividly import tracing
 from vividly.config import STAGE_INPUT_TOPICS
 from vividly.events import WorkItem
 from vividly.publish import KafkaPublisher, Outgoing
@@ -259,16 +260,23 @@ async def run_bulk(
                 item.stage = r["error_stage"]
                 item.attempt = int(r["attempt"]) + 1
                 item.ClearField("failure")
-                tracker.request_retried(
-                    rid,
-                    item.stage,
-                    by,
-                    item.attempt,
-                    bulk_id=bulk_id,
-                    event_id=derived_id("retry", rid, item.stage, str(item.attempt)),
-                )
+                attrs = retry_attrs(rid, item.stage, item.attempt, by)
+                with tracing.request_root(
+                    f"retry {item.stage}",
+                    item.correlation_id,
+                    {**attrs, "vividly.bulk_id": bulk_id},
+                ) as root:
+                    tracker.request_retried(
+                        rid,
+                        item.stage,
+                        by,
+                        item.attempt,
+                        bulk_id=bulk_id,
+                        event_id=derived_id("retry", rid, item.stage, str(item.attempt)),
+                    )
                 out = Outgoing.work_item(STAGE_INPUT_TOPICS[item.stage], item)
-                items.append((out.topic, out.key, out.value, out.headers))
+                headers = tracing.with_traceparent(out.headers, root)
+                items.append((out.topic, out.key, out.value, headers))
             else:
                 tracker.cancel_request(
                     rid, by, reason, bulk_id=bulk_id, event_id=derived_id("cancel", rid)

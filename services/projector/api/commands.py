@@ -9,6 +9,7 @@ from typing import Any
 
 from services.projector.api import views
 from services.projector.store import LIVE_SCHEMA, quote_ident
+from vividly import tracing
 from vividly.config import STAGE_INPUT_TOPICS, TRACKING_TOPIC
 from vividly.events import WorkItem
 from vividly.publish import DeliveryFailed, KafkaPublisher, Outgoing
@@ -114,14 +115,20 @@ async def retry_failed(
         raise RetryRefused(
             "retry_in_progress", f"attempt {attempt} of {failed_stage} was already requested"
         )
-    tracker.bind(rid, item.correlation_id if item else request.get("correlation_id") or "")
+    cid = item.correlation_id if item else request.get("correlation_id") or ""
+    tracker.bind(rid, cid)
     try:
-        with tracker.capturing() as events:
-            tracker.request_retried(rid, failed_stage, requested_by, attempt)
-        position = await publish_acked(publisher, events)
-        if item is not None:
-            out = Outgoing.work_item(STAGE_INPUT_TOPICS[failed_stage], item)
-            await publish_acked(publisher, [(out.topic, out.key, out.value, out.headers)])
+        # A span in the request's own trace (linked to the caller's): the retried
+        # attempt's spans are its descendants.
+        with tracing.request_root(
+            f"retry {failed_stage}", cid, retry_attrs(rid, failed_stage, attempt, requested_by)
+        ):
+            with tracker.capturing() as events:
+                tracker.request_retried(rid, failed_stage, requested_by, attempt)
+            position = await publish_acked(publisher, events)
+            if item is not None:
+                out = Outgoing.work_item(STAGE_INPUT_TOPICS[failed_stage], item)
+                await publish_acked(publisher, [(out.topic, out.key, out.value, out.headers)])
     except PublishFailed:
         # Nothing of this retry is known to be in the log: give the attempt back, so
         # asking again is not refused as "already requested".
@@ -133,3 +140,12 @@ async def retry_failed(
         )
         raise
     return RetryAccepted(rid, failed_stage, attempt, requested_by, position, item is not None)
+
+
+def retry_attrs(rid: str, stage: str, attempt: int, requested_by: str) -> dict[str, Any]:
+    return {
+        tracing.ATTR_REQUEST_ID: rid,
+        tracing.ATTR_STAGE: stage,
+        tracing.ATTR_ATTEMPT: attempt,
+        "vividly.requested_by": requested_by,
+    }

@@ -30,6 +30,8 @@ class AppState:
     log_ends: LogEnds | None = None
     #: Stalled requests per (organization, stage), as last counted (None: not yet).
     stalled: dict[tuple[str, str], int] | None = None
+    #: The connection the trace route reads Jaeger's query API with (None: no backend).
+    traces: Any = None
 
 
 def get_state(request: Request) -> AppState:
@@ -196,5 +198,7 @@ ERROR_TEXT = {
     422: "A parameter or body field is invalid; the detail names it",
     429: "Too many stream clients on this API process; retry after Retry-After seconds",
     503: "The event log did not acknowledge the write (nothing was accepted), or the read "
-    "model has not reached the given position in time (code read_model_behind); retry",
+    "model has not reached the given position in time (code read_model_behind); retry; "
+    "or, for a trace, the trace backend is not configured or unreachable "
+    "(code trace_backend_unavailable)",
 }

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import uvicorn
 from fastapi import FastAPI
@@ -37,6 +38,7 @@ from vividly import metrics
 from vividly.config import STAGES, TRACKING_TOPIC, Settings, topic_plan
 from vividly.logs import configure_logging
 from vividly.publish import KafkaPublisher
+from vividly.runtime import telemetry
 from vividly.runtime.auth import WeakSecret, check_secret
 from vividly.runtime.bus import ensure_topics
 from vividly.runtime.db import migrate
@@ -136,12 +138,16 @@ def create_app(settings: Settings) -> FastAPI:
         tracker = RequestTracker.from_settings(settings, publisher)
         log_ends = LogEnds(settings, TRACKING_TOPIC)
         app.state.vividly = AppState(settings, secret, pool, hub, publisher, tracker, log_ends)
+        if settings.jaeger_query_url:
+            app.state.vividly.traces = aiohttp.ClientSession()
         gauges = asyncio.create_task(_stalled_gauge(app.state.vividly), name="stalled-gauge")
         log.info("api ready", extra={"port": settings.api_port})
         try:
             yield
         finally:
             gauges.cancel()
+            if app.state.vividly.traces is not None:
+                await app.state.vividly.traces.close()
             await hub.stop()
             await pool.close()
             await asyncio.to_thread(publisher.close, 10.0)
@@ -185,12 +191,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RouteTiming)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(SecurityHeaders)
+    telemetry.instrument_app(app)  # server spans, when tracing is on
     return app
 
 
 def main() -> None:
     settings = Settings(producer_name="api")
     configure_logging("api", settings.log_level)
+    telemetry.configure("api")  # spans exported only when OTEL_* asks
     try:
         app = create_app(settings)
     except WeakSecret as exc:

@@ -588,6 +588,19 @@ def _reason(row: Any, stalled: dict[str, Any] | None = None) -> str:
     return f"running {stage}" if stage else "running"
 
 
+async def correlation_id(conn: Any, who: Principal, request_id: str) -> str | None:
+    """The correlation id (which names the request's trace) of a request in ``who``'s
+    scope; None when there is no such request there."""
+    row = await conn.fetchrow(
+        f"SELECT organization_id, student_id, correlation_id FROM {S}.requests"
+        f" WHERE request_id = $1",
+        request_id,
+    )
+    if row is None or not who.sees(row["organization_id"], row["student_id"]):
+        return None
+    return str(row["correlation_id"] or request_id)
+
+
 async def request_events(
     conn: Any, who: Principal, request_id: str, after: int, limit: int
 ) -> dict[str, Any] | None:

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from services.projector.api import views
+from services.projector.api import traces, views
 from services.projector.api.deps import Caller, Conn, ReadAfter, Reader, State, errors
 from services.projector.api.filters import query_filter
 from services.projector.api.stream import EventStreamResponse, StreamFilter, TooManyClients
 from services.projector.api.views import RequestFilter
 from vividly.rules import ID_PATTERN, REQUEST_ID_PATTERN
+from vividly.tracing import trace_id_hex
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"], responses=errors(401, 422))
 
@@ -114,6 +115,53 @@ async def request_events(
     if page is None:
         raise _not_found(request_id)
     return page
+
+
+@router.get(
+    "/requests/{request_id}/trace",
+    summary="A request's trace (every stage attempt, Kafka hop and external call) as a span "
+    "tree, read from the trace backend",
+    responses=errors(403, 404, 503),
+)
+async def request_trace(
+    request_id: RequestId, who: Reader, conn: Conn, state: State
+) -> dict[str, Any]:
+    if who.role not in ("admin", "teacher"):
+        # A trace names the stack's insides (SQL statements, hosts, topics): staff only.
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"role {who.role} cannot read traces (staff only)"
+        )
+    correlation_id = await views.correlation_id(conn, who, request_id)
+    if correlation_id is None:
+        raise _not_found(request_id)
+    trace_id = trace_id_hex(correlation_id)
+    query_url = state.settings.jaeger_query_url
+    if not query_url or state.traces is None:
+        raise _no_traces("no trace backend is configured (VIVIDLY_JAEGER_QUERY_URL)")
+    try:
+        data = await traces.fetch(
+            state.traces, query_url, trace_id, state.settings.api_trace_timeout_s
+        )
+    except traces.TraceUnavailable as exc:
+        raise _no_traces(str(exc)) from exc
+    if data is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            {
+                "code": "trace_not_found",
+                "message": f"the trace backend holds no trace {trace_id} for request "
+                f"{request_id} (not sampled, not exported yet, or expired)",
+                "trace_id": trace_id,
+            },
+        )
+    return {"request_id": request_id, **traces.span_tree(data)}
+
+
+def _no_traces(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        {"code": "trace_backend_unavailable", "message": message},
+    )
 
 
 @router.get(

@@ -26,6 +26,7 @@ from services.projector.api.commands import (
 )
 from services.projector.api.deps import Caller, Conn, ReadAfter, State, errors
 from services.projector.api.filters import FilterBody
+from vividly import tracing
 from vividly.config import STAGES
 from vividly.rules import (
     DURATION_MAX,
@@ -190,8 +191,9 @@ async def submit(
     try:
         # The request's events first, then its work item: 202 only for what the broker
         # acknowledged, and the pipeline never sees a request the log does not have.
-        position = await publish_acked(state.publisher, events)
-        await publish_acked(state.publisher, [(item.topic, item.key, item.value, item.headers)])
+        with tracing.request_root("submit request", cid, {tracing.ATTR_REQUEST_ID: rid}):
+            position = await publish_acked(state.publisher, events)
+            await publish_acked(state.publisher, [(item.topic, item.key, item.value, item.headers)])
     except PublishFailed as exc:
         raise _unavailable(exc) from exc
     location = f"/api/v1/monitoring/requests/{rid}"

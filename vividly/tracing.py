@@ -1,0 +1,341 @@
+"""Spans for a request's path through the pipeline (OpenTelemetry's API only).
+
+This module records spans through whatever tracer provider the process has. Without one
+(the SDK core alone, or a service with no ``OTEL_*`` exporter set: see
+:mod:`vividly.runtime.telemetry`) every helper here returns at once and records nothing.
+
+One request is one trace: its trace id is the one :func:`vividly.events.traceparent_for`
+derives from the correlation id, so the trace, the ``traceparent`` header on every
+message and the read model's correlation id all name the same value. Spans follow
+OpenTelemetry's messaging conventions for Kafka:
+
+- ``send <topic>`` (PRODUCER) for each work item a service or the API hands on, ended when
+  the broker acknowledges it; the message's ``traceparent`` header names this span;
+- ``process <topic>`` (CONSUMER) for each message a service handles, the child of the
+  ``send`` span that produced it (the conventions make the creation context the parent
+  of a message processed on its own, which keeps one request one trace across the hop);
+- ``stage <name>`` (INTERNAL) for each tracked stage attempt, with the request id, stage,
+  attempt and outcome; the external calls made during it (Gemini, the video API, S3,
+  SMTP, Postgres) are client spans under it;
+- ``submit request`` and ``retry <stage>`` (INTERNAL), the roots the API and the CLI start
+  in the request's trace, linked to the caller's own trace (the HTTP request's span).
+
+Tracking events are not spans of their own: each event's ``traceparent`` header names
+the span it was published under (a stage attempt, mostly).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+
+from vividly.events import H_TRACEPARENT, traceparent_for
+
+__all__ = [
+    "ATTR_ATTEMPT",
+    "ATTR_OUTCOME",
+    "ATTR_REQUEST_ID",
+    "ATTR_STAGE",
+    "active",
+    "client_span",
+    "current_traceparent",
+    "end_send",
+    "error_status",
+    "forced_trace_id",
+    "parse_traceparent",
+    "process_span",
+    "request_root",
+    "send_span",
+    "stage_span",
+    "start_root",
+    "trace_id_hex",
+    "tracer",
+    "with_traceparent",
+]
+
+TRACER_NAME: Final = "vividly"
+
+ATTR_REQUEST_ID: Final = "vividly.request_id"
+ATTR_CORRELATION_ID: Final = "vividly.correlation_id"
+ATTR_STAGE: Final = "vividly.stage"
+ATTR_ATTEMPT: Final = "vividly.attempt"
+ATTR_OUTCOME: Final = "vividly.outcome"
+
+# OpenTelemetry's messaging attribute names (semantic conventions 1.27+; the constants
+# live in opentelemetry-semantic-conventions' incubating module, which the SDK core does
+# not depend on, so they are spelled here once).
+M_SYSTEM: Final = "messaging.system"
+M_OPERATION_TYPE: Final = "messaging.operation.type"
+M_OPERATION_NAME: Final = "messaging.operation.name"
+M_DESTINATION: Final = "messaging.destination.name"
+M_PARTITION: Final = "messaging.destination.partition.id"
+M_OFFSET: Final = "messaging.kafka.offset"
+M_KEY: Final = "messaging.kafka.message.key"
+M_GROUP: Final = "messaging.consumer.group.name"
+M_CLIENT_ID: Final = "messaging.client.id"
+M_BODY_SIZE: Final = "messaging.message.body.size"
+
+#: The trace id a root span started now must have (read by the SDK's id generator in
+#: :mod:`vividly.runtime.telemetry`); 0: any.
+forced_trace_id: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "vividly_forced_trace_id", default=0
+)
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def active() -> bool:
+    """Whether this process records spans (a tracer provider was set up)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def trace_id_hex(correlation_id: str) -> str:
+    """The 32 hex digits of the trace of the request with ``correlation_id``."""
+    return traceparent_for(correlation_id, "0" * 16)[3:35]
+
+
+def parse_traceparent(value: str | None) -> SpanContext | None:
+    """The remote span context a W3C ``traceparent`` names, or None if it names none."""
+    if not value or len(value) != 55 or value[2] != "-" or value[35] != "-":
+        return None
+    try:
+        trace_id = int(value[3:35], 16)
+        span_id = int(value[36:52], 16)
+        flags = int(value[53:55], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+
+
+def format_traceparent(ctx: SpanContext) -> str:
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def error_status(error: BaseException) -> Status:
+    return Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500])
+
+
+def current_traceparent() -> str:
+    """The ``traceparent`` of the span current in this context ("" when there is none)."""
+    ctx = trace.get_current_span().get_span_context()
+    return format_traceparent(ctx) if ctx.is_valid else ""
+
+
+def start_root(
+    name: str, correlation_id: str, attributes: Mapping[str, Any] | None = None
+) -> Span | None:
+    """Start a span that begins the request's own trace (``submit request``, ``retry
+    <stage>``): no parent, the trace id from ``correlation_id``, and a link to the span
+    current here (the caller's HTTP request, in its own trace). None when not tracing;
+    the caller ends it."""
+    if not active():
+        return None
+    caller = trace.get_current_span().get_span_context()
+    links = [Link(caller, {"vividly.link": "caller"})] if caller.is_valid else []
+    token = forced_trace_id.set(int(trace_id_hex(correlation_id), 16))
+    try:
+        return tracer().start_span(
+            name,
+            context=otel_context.Context(),  # a root, whatever is current
+            kind=SpanKind.INTERNAL,
+            attributes={ATTR_CORRELATION_ID: correlation_id, **(attributes or {})},
+            links=links,
+        )
+    finally:
+        forced_trace_id.reset(token)
+
+
+@contextmanager
+def request_root(
+    name: str, correlation_id: str, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span | None]:
+    """:func:`start_root`'s span, current inside the block and ended after it."""
+    span = start_root(name, correlation_id, attributes)
+    if span is None:
+        yield None
+        return
+    with trace.use_span(span, end_on_exit=True, record_exception=True):
+        yield span
+
+
+def with_traceparent(
+    headers: Sequence[tuple[str, bytes]], span: Span | None
+) -> list[tuple[str, bytes]]:
+    """``headers`` with their ``traceparent`` naming ``span`` (unchanged for None)."""
+    out = list(headers)
+    if span is None or not span.get_span_context().is_valid:
+        return out
+    value = format_traceparent(span.get_span_context()).encode()
+    return [*((hk, hv) for hk, hv in out if hk != H_TRACEPARENT), (H_TRACEPARENT, value)]
+
+
+def send_span(
+    topic: str, key: bytes, headers: Sequence[tuple[str, bytes]]
+) -> tuple[Span | None, list[tuple[str, bytes]]]:
+    """Start the ``send <topic>`` PRODUCER span of one message; returns it (None when not
+    tracing) and the headers to publish, whose ``traceparent`` names the span. The caller
+    ends the span when the broker's acknowledgement comes (:func:`end_send`).
+
+    The span is in the message's trace (the request's, which its ``traceparent`` names):
+    the child of the current span when that is in the same trace (a stage's ``process``
+    span), else of the span the message names (the API's ``submit``/``retry`` root, while
+    the current span is the caller's HTTP request in the caller's trace)."""
+    if not active():
+        return None, list(headers)
+    named: SpanContext | None = None
+    for hk, hv in headers:
+        if hk == H_TRACEPARENT:
+            named = parse_traceparent(hv.decode("ascii", "replace"))
+            break
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and (named is None or named.trace_id == current.trace_id):
+        ctx = None  # the current context
+    elif named is not None:
+        ctx = trace.set_span_in_context(NonRecordingSpan(named))
+    else:
+        ctx = otel_context.Context()
+    span = tracer().start_span(
+        f"send {topic}",
+        context=ctx,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            M_SYSTEM: "kafka",
+            M_OPERATION_TYPE: "send",
+            M_OPERATION_NAME: "send",
+            M_DESTINATION: topic,
+            M_KEY: key.decode("utf-8", "replace"),
+        },
+    )
+    return span, with_traceparent(headers, span)
+
+
+def end_send(span: Span | None, partition: int, offset: int, error: str | None) -> None:
+    """End a ``send`` span with where the message landed, or why it did not."""
+    if span is None:
+        return
+    if error is None and partition >= 0:
+        span.set_attribute(M_PARTITION, str(partition))
+        span.set_attribute(M_OFFSET, offset)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error[:500]))
+    span.end()
+
+
+@contextmanager
+def process_span(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    traceparent: str | None,
+    group: str,
+    client_id: str,
+    size: int,
+    request_id: str = "",
+) -> Iterator[Span | None]:
+    """The ``process <topic>`` CONSUMER span of one consumed message, current while the
+    handler runs: the child of the span the message's ``traceparent`` names."""
+    if not active():
+        yield None
+        return
+    remote = parse_traceparent(traceparent)
+    ctx = trace.set_span_in_context(NonRecordingSpan(remote)) if remote is not None else None
+    attributes: dict[str, Any] = {
+        M_SYSTEM: "kafka",
+        M_OPERATION_TYPE: "process",
+        M_OPERATION_NAME: "process",
+        M_DESTINATION: topic,
+        M_PARTITION: str(partition),
+        M_OFFSET: offset,
+        M_GROUP: group,
+        M_CLIENT_ID: client_id,
+        M_BODY_SIZE: size,
+    }
+    if key:
+        attributes[M_KEY] = key.decode("utf-8", "replace")
+    if request_id:
+        attributes[ATTR_REQUEST_ID] = request_id
+    span = tracer().start_span(
+        f"process {topic}",
+        context=ctx,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=True, set_status_on_exception=True
+    ):
+        yield span
+
+
+class StageSpan:
+    """The ``stage <name>`` span of one attempt (its methods do nothing when not tracing)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span | None) -> None:
+        self.span = span
+
+    def outcome(self, outcome: str) -> None:
+        """How the attempt ended: completed, failed or cancelled."""
+        if self.span is not None:
+            self.span.set_attribute(ATTR_OUTCOME, outcome)
+
+    def failed(self, error: BaseException) -> None:
+        if self.span is not None:
+            self.span.record_exception(error)
+            self.span.set_status(error_status(error))
+
+    def replayed(self) -> None:
+        """A redelivery of an attempt that had finished: its outcome was published again,
+        the work not done again."""
+        if self.span is not None:
+            self.span.set_attribute("vividly.replayed", True)
+
+
+@contextmanager
+def stage_span(request_id: str, stage: str, attempt: int) -> Iterator[StageSpan]:
+    """The span of one tracked stage attempt, current while its work runs (so the
+    external calls it makes nest under it)."""
+    if not active():
+        yield StageSpan(None)
+        return
+    span = tracer().start_span(
+        f"stage {stage}",
+        kind=SpanKind.INTERNAL,
+        attributes={ATTR_REQUEST_ID: request_id, ATTR_STAGE: stage, ATTR_ATTEMPT: attempt},
+    )
+    with trace.use_span(span, end_on_exit=True, record_exception=False):
+        yield StageSpan(span)
+
+
+@contextmanager
+def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span | None]:
+    """A CLIENT span for a call to the outside that has no maintained instrumentation
+    (SMTP: smtplib has none)."""
+    if not active():
+        yield None
+        return
+    with tracer().start_as_current_span(
+        name, kind=SpanKind.CLIENT, attributes=dict(attributes)
+    ) as span:
+        yield span
