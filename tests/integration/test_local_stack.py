@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.integration.kafka_util import read_topic
@@ -166,7 +167,6 @@ def test_a_taken_port_is_named_in_the_error(stack_env: dict[str, str]) -> None:
 
 
 def dashboard(info: dict[str, object], token: str) -> dict[str, int]:
-    import httpx
 
     r = httpx.get(
         f"{info['api']}/api/v1/monitoring/dashboard",
@@ -195,7 +195,10 @@ def test_the_readme_path_default_home_up_token_submit_demo_kill_down_up(tmp_path
     event and email is still there, and a rebuild agrees with the live read model."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIVIDLY_")}
     env["COLUMNS"] = "200"
-    for name in ("KAFKA", "KAFKA_CONTROLLER", "PG", "GEMINI", "VIDEO", "S3", "SMTP", "API"):
+    for name in (
+        "KAFKA", "KAFKA_CONTROLLER", "PG", "GEMINI", "VIDEO", "S3", "SMTP", "API",
+        "JAEGER_OTLP", "JAEGER_OTLP_GRPC", "JAEGER_QUERY", "JAEGER_QUERY_GRPC", "JAEGER_HEALTH",
+    ):  # fmt: skip
         env[f"VIVIDLY_{name}_PORT"] = str(free_port())
     cwd = tmp_path / "newuser"
     cwd.mkdir()
@@ -215,7 +218,10 @@ def test_the_readme_path_default_home_up_token_submit_demo_kill_down_up(tmp_path
         assert set(procs) >= {
             "postgres", "kafka", "gemini-emulator", "video-emulator", "s3-moto",
             "smtp-sink", "ingest", "rag", "script", "video", "notify", "projector", "api",
+            "jaeger",
         }  # fmt: skip
+        assert info["traces"] == f"http://127.0.0.1:{env['VIVIDLY_JAEGER_QUERY_PORT']}"
+        assert f"traces: Jaeger's query API at {info['traces']}" in up.stdout
         assert str(info["kafka_log_dir"]).startswith(str(cwd / ".vividly"))
         token = cli("token", "--role", "admin")
         assert token.returncode == 0, token.stderr
@@ -226,12 +232,31 @@ def test_the_readme_path_default_home_up_token_submit_demo_kill_down_up(tmp_path
             "--grade", "6", "--duration", "1", "--json",
         )  # fmt: skip
         assert sub.returncode == 0, sub.stderr
+        first = json.loads(sub.stdout)["request_id"]
         demo = cli("demo", "--count", "4", "--timeout", "180")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "4 completed, 0 failed" in demo.stdout
         mail = Path(str(info["mail_dir"]))
         wait_until("5 emails", lambda: len(list(mail.glob("*.eml"))) == 5)
         wait_until("5 completed", lambda: dashboard(info, admin)["completed"] == 5)
+
+        # Its trace, from the local Jaeger, through the API (Jaeger itself has no login).
+        def traced() -> dict[str, object] | None:
+            r = httpx.get(
+                f"{info['api']}/api/v1/monitoring/requests/{first}/trace",
+                headers={"Authorization": f"Bearer {admin}"},
+                timeout=10,
+            )
+            assert r.status_code in (200, 404), r.text
+            body: dict[str, object] = r.json()
+            names = {s["name"] for s in body.get("spans", [])}  # type: ignore[attr-defined]
+            return body if {"stage notification", "smtp send"} <= names else None
+
+        tree = wait_until("the first request's trace", traced)
+        # `vividly submit` exported its root where the stack's services export theirs.
+        assert {"cli", "ingest", "rag", "script", "video", "notify"} <= set(tree["services"])  # type: ignore[index]
+        assert tree["spans"][0]["name"] == "submit request"  # type: ignore[index]
+        assert tree["complete"] is True  # type: ignore[index]
 
         # One crashed service does not take the stack down: it is started again.
         notify_pid = int(str(procs["notify"]["pid"]))

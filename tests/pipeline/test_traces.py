@@ -11,15 +11,20 @@ spans under their stage.
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, expect
 
 from tests.conftest import BrokerPool
+from tests.e2e.test_dashboard import browser
 from tests.pipeline.conftest import API_SECRET, Harness, running_harness
 from vividly.config import STAGE_INPUT_TOPICS, STAGES
 from vividly.platform.jaeger import Jaeger, JaegerPorts
@@ -27,6 +32,8 @@ from vividly.runtime.auth import mint
 from vividly.tracing import trace_id_hex
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["browser"]
 
 SERVICES_OF = {
     "validation": "ingest",
@@ -295,6 +302,62 @@ def test_a_request_is_one_trace_across_every_service_with_its_external_calls(
         assert r.status_code == code, (role, org, r.text)
 
 
+def test_the_dashboard_draws_a_request_trace_as_a_span_tree(
+    traced: Harness, jaeger: Jaeger, browser: Browser, artifacts: Path
+) -> None:
+    h = traced
+    with api_client(h) as api:
+        rid, cid = submit(api, "Plate tectonics")
+        assert h.log.wait_outcomes([rid], 90)[rid] == "request_completed"
+        t = fetch_trace(jaeger, cid, complete)
+        tree = api.get(f"/api/v1/monitoring/requests/{rid}/trace").json()
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    try:
+        page.goto(f"{h.pipeline.api_url}/monitoring/dashboard")
+        page.get_by_test_id("token-input").fill(mint(API_SECRET, role="admin", sub="sre-1"))
+        page.get_by_test_id("sign-in").click()
+        page.get_by_test_id("status-filter").select_option("completed")
+        page.get_by_test_id("search").fill("tectonics")
+        page.get_by_test_id("filter").click()
+        page.locator(f"tr[data-id='{rid}']").click()
+        rows = page.get_by_test_id("span-row")
+        expect(rows).to_have_count(len(t.spans))
+        expect(page.get_by_test_id("trace-meta")).to_contain_text(f"{len(t.spans)} spans")
+        expect(rows.first).to_contain_text("submit request")
+        names = rows.locator(".nm").all_inner_texts()
+        depths = [int(d) for d in rows.evaluate_all("rs => rs.map(r => r.dataset.depth)")]
+        assert names == [s["name"] for s in tree["spans"]]
+        assert depths == [s["depth"] for s in tree["spans"]]
+        stage, mail = names.index("stage notification"), names.index("smtp send")
+        assert mail > stage
+        assert depths[mail] > depths[stage]
+        # Indented by depth and drawn on the time line (set through the DOM: the page's
+        # policy refuses inline style attributes).
+        pad = rows.nth(mail).locator(".nm").evaluate("e => getComputedStyle(e).paddingLeft")
+        assert pad == f"{depths[mail] * 14}px"
+        geometry = rows.evaluate_all(
+            """rs => rs.map(r => {
+                const b = r.querySelector('.bar').getBoundingClientRect();
+                const l = r.querySelector('.lane').getBoundingClientRect();
+                return [(b.left - l.left) / l.width, (b.right - l.left) / l.width];
+            })"""
+        )
+        starts = {n: g[0] for n, g in zip(names, geometry, strict=True)}
+        assert geometry[0][0] < 0.01  # the root starts the trace
+        assert max(g[1] for g in geometry) > 0.98  # and the last span ends it
+        order = [starts[f"stage {stage}"] for stage in STAGES]
+        assert order == sorted(order), order
+        assert order[-1] > 0.5, order
+        shot = artifacts / "dashboard-trace.png"
+        page.get_by_test_id("detail").screenshot(path=str(shot))
+        assert shot.stat().st_size > 20_000
+        assert not [m for m in console if "Content Security Policy" in m], console
+    finally:
+        page.close()
+
+
 def test_retries_and_a_manual_retry_from_the_api_stay_in_the_request_trace(
     traced: Harness, jaeger: Jaeger
 ) -> None:
@@ -347,3 +410,62 @@ def test_retries_and_a_manual_retry_from_the_api_stay_in_the_request_trace(
     first = t.parent(mails[0])
     assert first is not None
     assert first["operationName"] == "process requests.rendered"
+
+
+class BlackHole:
+    """A trace backend that accepts connections and never answers: the worst kind, since
+    each export waits for the exporter's whole timeout before giving up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(conn)  # read nothing, answer nothing
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_trace_backend_that_never_answers_neither_fails_nor_slows_a_request(
+    broker_pool: BrokerPool, postgres: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    hole = BlackHole()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hole.port}",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "64",  # full at once: spans dropped, never waited on
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "32",
+    }
+    try:
+        with running_harness(broker_pool, postgres, tmp_path_factory.mktemp("hole"), env) as h:
+            rids = [h.submit(topic=f"Volcanoes {i}") for i in range(6)]
+            h.flush()
+            outcomes = h.log.wait_outcomes(rids, 120)
+            assert set(outcomes.values()) == {"request_completed"}
+            for rid in rids:
+                events = h.log.events(rid)
+                took = (
+                    events[-1].occurred_at.ToNanoseconds() - events[0].occurred_at.ToNanoseconds()
+                ) / 1e9
+                # One export held on the request's path would cost the exporter's timeout
+                # (10 s) at every span; the whole request takes a few seconds.
+                assert took < 10, (rid, took)
+                assert len(h.emails_for(rid)) == 1
+            # The services did try to export (so the requests above ran with tracing on).
+            assert hole.accepted > 0
+    finally:
+        hole.close()

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vividly.config import STAGES, Settings, topic_plan
-from vividly.platform.common import UsageError, stack_settings
+from vividly.platform.common import UsageError, stack_settings, trace_like_the_stack
 from vividly.platform.stack import StackState
 
 console = Console(stderr=False)
@@ -53,14 +53,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     if args.detach:
-        return _up_detached(home, settings, args.infra_only)
+        return _up_detached(home, settings, args.infra_only, args.no_tracing)
     if not state.acquire():
         err.print("[yellow]Another `vividly up` is starting right now.[/]")
         return 1
-    return _up_foreground(state, settings, infra_only=args.infra_only)
+    return _up_foreground(state, settings, infra_only=args.infra_only, tracing=not args.no_tracing)
 
 
-def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> int:
+def _up_detached(
+    home: Path, settings: Settings, infra_only: bool = False, no_tracing: bool = False
+) -> int:
     home.mkdir(parents=True, exist_ok=True)
     log = home / "up.log"
     with open(log, "ab") as out:
@@ -71,6 +73,7 @@ def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> in
                 "vividly.platform.cli",
                 "up",
                 *(["--infra-only"] if infra_only else []),
+                *(["--no-tracing"] if no_tracing else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -99,7 +102,22 @@ def _up_detached(home: Path, settings: Settings, infra_only: bool = False) -> in
     return 1
 
 
-def _up_foreground(state: StackState, settings: Settings, infra_only: bool = False) -> int:
+def _tracing_plan(env: dict[str, str] | Any) -> str:
+    """What ``vividly up`` does about traces, given the caller's environment: "jaeger"
+    (start the local Jaeger and export to it), "yours" (the caller's own OTEL_* exporter
+    settings reach the services unchanged) or "off" (the caller turned tracing off)."""
+    from vividly.runtime.telemetry import requested
+
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "off"
+    if (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower() == "none":
+        return "off"
+    return "yours" if requested(env) else "jaeger"
+
+
+def _up_foreground(
+    state: StackState, settings: Settings, infra_only: bool = False, tracing: bool = True
+) -> int:
     from vividly.metrics import serve_metrics
     from vividly.platform.pipeline import Pipeline, PipelinePorts, load_corpus
     from vividly.platform.stack import ApacheKafkaBroker, EmbeddedPostgres, StackError, free_port
@@ -168,6 +186,11 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
         assert broker.managed is not None
         supervisor.watch("postgres", pg.managed, pg.start)
         supervisor.watch("kafka", broker.managed, broker.start)
+        tracing_env: dict[str, str] = {"OTEL_SDK_DISABLED": "true"}
+        if not tracing:
+            info["traces"] = "off (--no-tracing)"
+        elif not infra_only:
+            tracing_env = _start_tracing(home, settings, components, record, supervisor, info)
         if not infra_only:
             pipeline = Pipeline(
                 broker.bootstrap,
@@ -180,6 +203,7 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
                     settings.smtp_port,
                     settings.api_port,
                 ),
+                extra_env=tracing_env,
             )
             for port, what in (
                 (settings.gemini_port, "VIVIDLY_GEMINI_PORT"),
@@ -231,6 +255,57 @@ def _up_foreground(state: StackState, settings: Settings, infra_only: bool = Fal
         state.release()
         console.print("Local stack stopped.")
     return code
+
+
+def _start_tracing(
+    home: Path,
+    settings: Settings,
+    components: list[Any],
+    record: Any,
+    supervisor: Any,
+    info: dict[str, Any],
+) -> dict[str, str]:
+    """Start the local Jaeger when the caller's environment leaves traces to the stack;
+    returns what the services' environment gets for it."""
+    from vividly.platform.jaeger import Jaeger, JaegerPorts
+
+    plan = _tracing_plan(os.environ)
+    if plan == "off":
+        info["traces"] = "off (OTEL_SDK_DISABLED or OTEL_TRACES_EXPORTER=none)"
+        return {}
+    if plan == "yours":
+        info["traces"] = "exported with your OTEL_* settings"
+        return {}
+    if not Jaeger.available():
+        err.print(
+            "[yellow]No Jaeger binary[/] (`make jaeger` builds it into .cache/jaeger): "
+            "the stack runs without traces."
+        )
+        info["traces"] = "off (no Jaeger binary)"
+        return {}
+    jaeger = Jaeger(
+        home / "logs",
+        JaegerPorts(
+            settings.jaeger_otlp_port,
+            settings.jaeger_otlp_grpc_port,
+            settings.jaeger_query_port,
+            settings.jaeger_query_grpc_port,
+            settings.jaeger_health_port,
+        ),
+    )
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    with console.status("starting Jaeger (traces, kept in memory)…"):
+        components.append(jaeger)
+        record("jaeger", jaeger.start())
+    assert jaeger.managed is not None
+    supervisor.watch("jaeger", jaeger.managed, jaeger.start)
+    info["traces"] = jaeger.query_url
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+    }
+    info["otel"] = otel  # `vividly submit` and `demo` export their roots there too
+    return {**otel, "VIVIDLY_JAEGER_QUERY_URL": jaeger.query_url}
 
 
 def _supervisor_logging(home: Path) -> None:
@@ -340,6 +415,13 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
             f"dashboard: {data['dashboard']}  (sign in with the output of "
             "[bold]vividly token --role admin[/])"
         )
+    if data.get("traces", "").startswith("http"):
+        console.print(
+            f"traces: Jaeger's query API at {data['traces']} (each request's span tree is "
+            "on its dashboard page, and at GET /api/v1/monitoring/requests/ID/trace)"
+        )
+    elif data.get("traces"):
+        console.print(f"traces: {data['traces']}")
     if data.get("mail_dir"):
         console.print(f"emails land in {data['mail_dir']}; videos in {data['videos']}")
         console.print(
@@ -351,12 +433,14 @@ def _print_status(data: dict[str, Any], settings: Settings) -> None:
 # --------------------------------------------------------------------------- pipeline
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from vividly.publish import KafkaPublisher
+    from vividly.runtime import telemetry
     from vividly.submit import submit_request
     from vividly.tracker import RequestTracker, TrackerError
 
     settings = stack_settings(settings)
     publisher = KafkaPublisher(settings, "vividly-cli")
     tracker = RequestTracker(publisher, producer="cli")
+    trace_like_the_stack(settings)
     try:
         rid, cid = submit_request(
             tracker,
@@ -375,6 +459,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         err.print(f"[red]{exc}[/]")
         return 2
     report = publisher.close(30)
+    telemetry.shutdown()
     if not report.ok:
         err.print(
             f"[red]The request was not delivered to {settings.kafka_bootstrap}[/] "
@@ -390,8 +475,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from vividly.platform.demo import run_demo
+    from vividly.runtime import telemetry
 
-    return run_demo(stack_settings(settings), args.count, args.timeout, console)
+    settings = stack_settings(settings)
+    trace_like_the_stack(settings)
+    try:
+        return run_demo(settings, args.count, args.timeout, console)
+    finally:
+        telemetry.shutdown()
 
 
 def cmd_corpus_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -599,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--infra-only",
         action="store_true",
         help="only the broker and Postgres (no emulators, no services)",
+    )
+    up.add_argument(
+        "--no-tracing",
+        action="store_true",
+        help="do not start Jaeger nor export traces (as OTEL_SDK_DISABLED=true does)",
     )
     up.set_defaults(func=cmd_up)
 

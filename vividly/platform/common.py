@@ -35,3 +35,19 @@ def stack_settings(settings: Settings) -> Settings:
             # port an int), as reading the environment would; model_copy does not.
             update[name] = TypeAdapter(field.annotation).validate_python(value)
     return settings.model_copy(update=update) if update else settings
+
+
+def trace_like_the_stack(settings: Settings, service: str = "cli") -> bool:
+    """Export this command's spans (its ``submit request`` roots) where the running local
+    stack exports its own, unless the environment says otherwise (its OTEL_* settings
+    win); returns whether tracing is on. Call :func:`vividly.runtime.telemetry.shutdown`
+    before exiting."""
+    from vividly.runtime import telemetry
+
+    data = StackState(settings.home.resolve()).read() or {}
+    otel: dict[str, str] = data.get("otel") or {}
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    if otel and not disabled and not telemetry.requested(os.environ):
+        for key, value in otel.items():
+            os.environ.setdefault(key, value)  # the SDK's exporters read the environment
+    return telemetry.configure(service)

@@ -8,7 +8,10 @@ records nothing. On, the SDK reads the rest of the standard variables itself:
 
 - ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` (default ``parentbased_always_on``;
   ``parentbased_traceidratio`` with ``0.1`` keeps one request in ten, and since a
-  request's trace id comes from its correlation id, every service decides the same way);
+  request's trace id comes from its correlation id, every service decides the same way).
+  The ratio is decided on a hash of the trace id (:class:`RequestRatio`): the SDK's own
+  ratio sampler compares the id's low 64 bits, whose top bits are a UUID's fixed variant
+  bits here (``10``), so it kept every request or none;
 - ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` (``http/protobuf``, the default, or ``grpc``),
   ``…_ENDPOINT``, ``…_HEADERS``, ``…_TIMEOUT``;
 - ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; ``OTEL_BSP_*`` for the batch queue.
@@ -26,8 +29,11 @@ not sampled: it would be a one-span trace of no request.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +43,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
@@ -98,6 +112,57 @@ class NoOrphanClients(Sampler):
         return f"NoOrphanClients{{{self.base.get_description()}}}"
 
 
+class RequestRatio(TraceIdRatioBased):
+    """Keeps ``rate`` of the traces, decided on a hash of the trace id, so ids that are not
+    uniformly random in their low bits (a UUID's: its variant bits lead them) still
+    sample at the rate asked, and every service decides alike for one request."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        *args: Any,
+        **kwargs: Any,
+    ) -> SamplingResult:
+        digest = hashlib.blake2b(trace_id.to_bytes(16, "big"), digest_size=8).digest()
+        return super().should_sample(parent_context, int.from_bytes(digest, "big"), *args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"RequestRatio{{{self.rate}}}"
+
+
+def sampler(env: Mapping[str, str]) -> Sampler:
+    """The sampler ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` name (the standard
+    values; default ``parentbased_always_on``), ratio ones as :class:`RequestRatio`."""
+    name = (env.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
+    arg = (env.get("OTEL_TRACES_SAMPLER_ARG") or "").strip()
+    rate = 1.0
+    if name.endswith("traceidratio"):
+        try:
+            rate = float(arg) if arg else 1.0
+        except ValueError:
+            rate = -1.0
+        if not 0.0 <= rate <= 1.0:
+            log.warning(
+                "OTEL_TRACES_SAMPLER_ARG is not a ratio in [0, 1]; using 1.0", extra={"value": arg}
+            )
+            rate = 1.0
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": RequestRatio(rate),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(RequestRatio(rate)),
+    }
+    if name not in samplers:
+        log.warning(
+            "unknown OTEL_TRACES_SAMPLER; using parentbased_always_on", extra={"value": name}
+        )
+        name = "parentbased_always_on"
+    return samplers[name]
+
+
 def _exporter(env: Mapping[str, str]) -> SpanExporter:
     kind = (env.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")[0].strip().lower()
     if kind == "console":
@@ -133,13 +198,22 @@ def configure(service: str, env: Mapping[str, str] | None = None) -> bool:
         return True
     if not requested(env):
         return False
-    base = TracerProvider(shutdown_on_exit=False).sampler  # the OTEL_TRACES_SAMPLER one
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service}),
-        sampler=NoOrphanClients(base),
-        id_generator=RequestTraceIds(),
-    )
-    provider.add_span_processor(BatchSpanProcessor(_exporter(env)))
+    try:
+        provider = TracerProvider(
+            shutdown_on_exit=False,  # shutdown() does it, bounded (the SDK's atexit is not)
+            resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service}),
+            sampler=NoOrphanClients(sampler(env)),
+            id_generator=RequestTraceIds(),
+        )
+        provider.add_span_processor(BatchSpanProcessor(_exporter(env)))
+    except (ValueError, ImportError) as exc:
+        # Traces are for looking at requests, never a reason to stop serving them: a
+        # setting the SDK refuses turns tracing off, loudly.
+        log.error(
+            "tracing off: the OTEL_* settings are not usable",
+            extra={"service": service, "reason": f"{type(exc).__name__}: {exc}"},
+        )
+        return False
     trace.set_tracer_provider(provider)
     _configured = provider
     instrument()
@@ -219,10 +293,17 @@ def instrument_app(app: Any) -> None:
 
 
 def shutdown(timeout_s: float = 5.0) -> None:
-    """Export what is queued (at most ``timeout_s``) and stop; a no-op when tracing is off."""
+    """Export what is queued and stop, in at most about ``timeout_s`` whatever the trace
+    backend does (one that accepts and never answers holds an export for the exporter's
+    whole timeout: the SDK's own shutdown would wait for it); a no-op when tracing is off."""
     global _configured
     provider, _configured = _configured, None
     if provider is None:
         return
+    started = time.monotonic()
     provider.force_flush(int(timeout_s * 1000))
-    provider.shutdown()
+    stopper = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(max(0.5, timeout_s - (time.monotonic() - started)))
+    if stopper.is_alive():
+        log.warning("trace backend did not take the last spans in time; dropping them")

@@ -205,16 +205,19 @@ def main() -> None:
         log.critical("refusing to start", extra={"reason": str(exc)})
         print(f"vividly api: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":
