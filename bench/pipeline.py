@@ -17,8 +17,14 @@ jars `make setup` fetched), the embedded Postgres, and the five services as proc
                                        [--inflight 2000] [--job-seconds 20]
                                        [--parts 1,2,3]
 
+Part 1 runs twice in the same run: tracing off, then on (every request sampled, every
+service exporting OTLP to a real Jaeger built by ``make setup``); ``tracing_ratio`` is
+on/off requests/s (target ≥ 0.9). ``--no-tracing`` skips the second run.
+
 The last line printed is one JSON object with requests_per_s, handoff_p50_ms,
-handoff_p99_ms, real_requests_per_s, inflight_2000_s, max_rss_mb (and details).
+handoff_p99_ms (tracing off), tracing_off_requests_per_s, tracing_on_requests_per_s,
+tracing_ratio, tracing_on_handoff_p50_ms/p99_ms, real_requests_per_s, inflight_2000_s,
+max_rss_mb (and details).
 """
 
 from __future__ import annotations
@@ -275,17 +281,29 @@ class Bench:
         }
 
 
-def framework(b: Bench) -> None:
-    """Part 1: null providers; saturation throughput and hand-off latency."""
-    args, result = b.args, b.result
-    console.print("[bold]1. framework throughput (null providers)[/]")
+def framework(b: Bench, tracing: dict[str, str] | None = None) -> dict[str, Any]:
+    """Part 1: null providers; saturation throughput and hand-off latency. With
+    ``tracing`` (the OTEL_* environment), every service exports its spans."""
+    args = b.args
+    label = "tracing on" if tracing else "tracing off"
+    console.print(f"[bold]1. framework throughput (null providers), {label}[/]")
+    env = {
+        "VIVIDLY_PROVIDERS": "null",
+        "VIVIDLY_MAX_IN_FLIGHT": "256",
+        "OTEL_SDK_DISABLED": "true",
+        **b.broker_env,
+    }
+    if tracing:
+        env.pop("OTEL_SDK_DISABLED")
+        env.update(tracing)
     pipeline = Pipeline(
         b.broker.bootstrap,
         b.pg.url,
-        b.home / "null",
+        b.home / ("null-traced" if tracing else "null"),
         PipelinePorts.free(),
-        extra_env={"VIVIDLY_PROVIDERS": "null", "VIVIDLY_MAX_IN_FLIGHT": "256", **b.broker_env},
+        extra_env=env,
     )
+    out: dict[str, Any] = {}
     try:
         pipeline.start_services()
         warm, _ = submit_many(b.tracker, b.publisher, 100)
@@ -297,24 +315,90 @@ def framework(b: Bench) -> None:
         before = cpu_seconds(pids)
         ids, t0 = submit_many(b.tracker, b.publisher, args.requests)
         last = b.watch.wait(ids, 600, f"{args.requests} requests at saturation")
-        result["requests_per_s"] = round(args.requests / (last - t0), 1)
+        out["requests_per_s"] = round(args.requests / (last - t0), 1)
         used = {n: v - before.get(n, 0) for n, v in cpu_seconds(pids).items()}
-        result["framework_cpu_ms_per_request"] = {
+        out["cpu_ms_per_request"] = {
             n: round(1000 * v / args.requests, 2)
             for n, v in sorted(used.items(), key=lambda kv: -kv[1])
         }
-        result["handoff_p50_ms"] = round(pct(hand, 0.5), 2)
-        result["handoff_p99_ms"] = round(pct(hand, 0.99), 2)
+        out["handoff_p50_ms"] = round(pct(hand, 0.5), 2)
+        out["handoff_p99_ms"] = round(pct(hand, 0.99), 2)
         sat_hand = b.watch.handoffs_ms(ids)
-        result["handoff_at_saturation_p50_ms"] = round(pct(sat_hand, 0.5), 1)
-        result["steady_rate_per_s"] = args.steady_rate
+        out["handoff_at_saturation_p50_ms"] = round(pct(sat_hand, 0.5), 1)
+        out["sample"] = next(iter(steady))
         console.print(
-            f"  {result['requests_per_s']} req/s end to end; hand-off p50 "
-            f"{result['handoff_p50_ms']} ms, p99 {result['handoff_p99_ms']} ms "
+            f"  {out['requests_per_s']} req/s end to end; hand-off p50 "
+            f"{out['handoff_p50_ms']} ms, p99 {out['handoff_p99_ms']} ms "
             f"at {args.steady_rate:.0f} req/s"
         )
     finally:
         pipeline.stop()
+    return out
+
+
+def spans_of(query_url: str, request_id: str, timeout: float = 30) -> int:
+    """How many spans Jaeger holds for one request of the traced run (found by its
+    ``vividly.request_id`` attribute): proof that "tracing on" exported."""
+    import urllib.parse
+    import urllib.request
+
+    q = urllib.parse.urlencode(
+        {"service": "ingest", "tags": json.dumps({"vividly.request_id": request_id}), "limit": 5}
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{query_url}/api/traces?{q}", timeout=10) as r:
+            data = json.load(r).get("data") or []
+        if data:
+            tid = data[0]["traceID"]
+            with urllib.request.urlopen(f"{query_url}/api/traces/{tid}", timeout=10) as r:
+                return len(json.load(r)["data"][0]["spans"])
+        time.sleep(0.5)
+    return 0
+
+
+def framework_with_and_without_tracing(b: Bench) -> None:
+    """Part 1 twice in the same run: tracing off (the baseline, and the figures the
+    older keys report), then on, every request sampled and exported to a real Jaeger."""
+    from vividly.platform.jaeger import Jaeger, JaegerPorts
+
+    result = b.result
+    off = framework(b)
+    result["requests_per_s"] = off["requests_per_s"]
+    result["handoff_p50_ms"] = off["handoff_p50_ms"]
+    result["handoff_p99_ms"] = off["handoff_p99_ms"]
+    result["handoff_at_saturation_p50_ms"] = off["handoff_at_saturation_p50_ms"]
+    result["framework_cpu_ms_per_request"] = off["cpu_ms_per_request"]
+    result["steady_rate_per_s"] = b.args.steady_rate
+    result["tracing_off_requests_per_s"] = off["requests_per_s"]
+    if b.args.no_tracing:
+        return
+    if not Jaeger.available():
+        raise SystemExit("no Jaeger binary for the traced run: `make setup` builds it")
+    jaeger = Jaeger(b.home, JaegerPorts.free())
+    jaeger.start()
+    try:
+        on = framework(
+            b,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+            },
+        )
+        result["tracing_spans_per_request"] = spans_of(jaeger.query_url, on["sample"])
+    finally:
+        jaeger.stop()
+    result["tracing_on_requests_per_s"] = on["requests_per_s"]
+    result["tracing_ratio"] = round(on["requests_per_s"] / off["requests_per_s"], 3)
+    result["tracing_off_handoff_p50_ms"] = off["handoff_p50_ms"]
+    result["tracing_off_handoff_p99_ms"] = off["handoff_p99_ms"]
+    result["tracing_on_handoff_p50_ms"] = on["handoff_p50_ms"]
+    result["tracing_on_handoff_p99_ms"] = on["handoff_p99_ms"]
+    result["tracing_on_cpu_ms_per_request"] = on["cpu_ms_per_request"]
+    console.print(
+        f"  tracing on/off: {result['tracing_ratio']} of the throughput; "
+        f"{result['tracing_spans_per_request']} spans for one request in Jaeger"
+    )
 
 
 def real_pipeline(b: Bench) -> Pipeline:
@@ -477,7 +561,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result,
         )
         if 1 in args.parts:
-            framework(b)
+            framework_with_and_without_tracing(b)
         if 2 in args.parts or 3 in args.parts:
             pipeline = real_pipeline(b)
             if 2 in args.parts:
@@ -522,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inflight", type=int, default=2000)
     p.add_argument("--job-seconds", type=float, default=20.0)
     p.add_argument("--parts", type=parts, default={1, 2, 3}, help="e.g. 1 or 2,3")
+    p.add_argument(
+        "--no-tracing",
+        action="store_true",
+        help="part 1 without its second, traced run (no Jaeger needed)",
+    )
     p.add_argument(
         "--set",
         type=setting,

@@ -20,8 +20,9 @@ OpenTelemetry's messaging conventions for Kafka:
 - ``submit request`` and ``retry <stage>`` (INTERNAL), the roots the API and the CLI start
   in the request's trace, linked to the caller's own trace (the HTTP request's span).
 
-Tracking events are not spans of their own: each event's ``traceparent`` header names
-the span it was published under (a stage attempt, mostly).
+Tracking events are not exported as spans: each event's ``traceparent`` header is in the
+trace of the span it was published under (a stage attempt, mostly), with the event id's
+tail as its span id, so the read model and the trace backend join on the trace id.
 """
 
 from __future__ import annotations
@@ -55,14 +56,17 @@ __all__ = [
     "client_span",
     "current_traceparent",
     "end_send",
+    "enter",
     "error_status",
     "forced_trace_id",
+    "leave",
     "parse_traceparent",
     "process_span",
     "request_root",
     "send_span",
     "stage_span",
     "start_root",
+    "start_stage_span",
     "trace_id_hex",
     "tracer",
     "with_traceparent",
@@ -326,6 +330,56 @@ def stage_span(request_id: str, stage: str, attempt: int) -> Iterator[StageSpan]
     )
     with trace.use_span(span, end_on_exit=True, record_exception=False):
         yield StageSpan(span)
+
+
+def start_stage_span(
+    request_id: str, stage: str, attempt: int, correlation_id: str = ""
+) -> Span | None:
+    """Start the ``stage <name>`` span of an attempt tracked with
+    :meth:`vividly.RequestTracker.track_stage` (None when not tracing); the caller makes
+    it current (:func:`enter`) and ends it (:func:`leave`). Under the current span when
+    that is in the request's trace (a handler the consumer loop runs); else, when the
+    correlation id is known, a root in the request's trace (a worker of one's own)."""
+    if not active():
+        return None
+    name = f"stage {stage}"
+    attributes: dict[str, Any] = {
+        ATTR_REQUEST_ID: request_id,
+        ATTR_STAGE: stage,
+        ATTR_ATTEMPT: attempt,
+    }
+    current = trace.get_current_span().get_span_context()
+    if correlation_id:
+        wanted = int(trace_id_hex(correlation_id), 16)
+        if not (current.is_valid and current.trace_id == wanted):
+            token = forced_trace_id.set(wanted)
+            try:
+                return tracer().start_span(
+                    name,
+                    context=otel_context.Context(),
+                    kind=SpanKind.INTERNAL,
+                    attributes=attributes,
+                )
+            finally:
+                forced_trace_id.reset(token)
+    return tracer().start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+
+def enter(span: Span) -> object:
+    """Make ``span`` current; returns the token :func:`leave` takes."""
+    return otel_context.attach(trace.set_span_in_context(span))
+
+
+def leave(span: Span, token: object, error: BaseException | None) -> None:
+    """End a span made current by :func:`enter`, with its outcome."""
+    if error is None:
+        span.set_attribute(ATTR_OUTCOME, "completed")
+    else:
+        span.set_attribute(ATTR_OUTCOME, "failed")
+        span.record_exception(error)
+        span.set_status(error_status(error))
+    span.end()
+    otel_context.detach(token)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -743,6 +743,12 @@ class RequestTracker:
         corr = self._correlations.get(request_id, "")
         return corr, ""
 
+    def _correlation_of(self, request_id: str) -> str:
+        ctx = current_request.get()
+        if ctx is not None and ctx.request_id == request_id:
+            return ctx.correlation_id
+        return self._correlations.get(request_id, "")
+
     def _attempt(self, request_id: str) -> int:
         ctx = current_request.get()
         if ctx is not None and ctx.request_id == request_id:
@@ -848,7 +854,17 @@ def _non_finite(value: Any) -> bool:
 class StageSpan:
     """What ``track_stage`` returns. Put results in ``output`` to have them recorded."""
 
-    __slots__ = ("_attempt", "_retryable", "_stage", "_started", "_tracker", "output", "request_id")
+    __slots__ = (
+        "_attempt",
+        "_otel",
+        "_retryable",
+        "_stage",
+        "_started",
+        "_token",
+        "_tracker",
+        "output",
+        "request_id",
+    )
 
     def __init__(
         self,
@@ -865,13 +881,44 @@ class StageSpan:
         self._attempt = attempt
         self._started = 0.0
         self.output: dict[str, Any] = {}
+        self._otel: Any = None
+        self._token: object = None
 
     def __enter__(self) -> StageSpan:
-        self._tracker.start_stage(self.request_id, self._stage, attempt=self._attempt)
+        if tracing.active():
+            # The attempt is a span too; the events published inside name it.
+            t = self._tracker
+            rid = self.request_id
+            self._otel = tracing.start_stage_span(
+                rid, self._stage, self._attempt or t._attempt(rid), t._correlation_of(rid)
+            )
+            if self._otel is not None:
+                self._token = tracing.enter(self._otel)
+        try:
+            self._tracker.start_stage(self.request_id, self._stage, attempt=self._attempt)
+        except BaseException as exc:
+            self._close_span(exc)
+            raise
         self._started = time.perf_counter()
         return self
 
+    def _close_span(self, error: BaseException | None) -> None:
+        span, self._otel = self._otel, None
+        if span is not None:
+            tracing.leave(span, self._token, error)
+
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._finish(exc_type, exc, tb)
+        finally:
+            self._close_span(exc)
+
+    def _finish(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,

@@ -252,3 +252,21 @@ def test_compose_sets_no_default_credential(compose: dict[str, Any]) -> None:
     resolved = {f"{s}.{k}": interpolate(raw, env) for s, k, raw in every_value(compose)}
     assert "postgresql://vividly:given-" in resolved["api.VIVIDLY_DATABASE_URL"]
     assert resolved["grafana.GF_SECURITY_ADMIN_PASSWORD"] != "admin"
+
+
+def test_every_service_exports_traces_to_jaeger_whose_ui_is_loopback_only(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2.")
+    # No login on Jaeger: never published beyond the host's loopback.
+    assert all(str(p).startswith("127.0.0.1:") for p in jaeger.get("ports", []))
+    pipeline = ["ingest", "rag", "script", "video", "notify", "projector", "api"]
+    for name in pipeline:
+        env = services[name]["environment"]
+        assert with_defaults(env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == "http://jaeger:4318", name
+        assert with_defaults(env["OTEL_TRACES_SAMPLER"]) == "parentbased_traceidratio"
+        assert 0 < float(with_defaults(env["OTEL_TRACES_SAMPLER_ARG"])) <= 1
+    query = with_defaults(services["api"]["environment"]["VIVIDLY_JAEGER_QUERY_URL"])
+    assert query == "http://jaeger:16686"

@@ -59,3 +59,48 @@ def test_every_example_in_the_guide_runs(broker: Broker, monkeypatch: pytest.Mon
     report = namespace["report"]
     assert report.ok  # type: ignore[attr-defined]
     namespace["publisher"].close(5)  # type: ignore[attr-defined]
+
+
+@pytest.mark.integration
+def test_the_guides_tracing_example_run_with_tracing_on_nests_the_authors_span(
+    broker: Broker,
+) -> None:
+    """The tracing example, run as a worker would with OTEL_TRACES_EXPORTER=console (in
+    its own process: the tracer provider is global): the author's span is the child of
+    the stage span, both in the request's trace, whose id the example prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    blocks = python_blocks(GUIDE.read_text())
+    setup = next(b for b in blocks if "KafkaPublisher(settings, client_id" in b)
+    example = next(b for b in blocks if "configure_tracing(" in b)
+    env = {
+        **os.environ,
+        "VIVIDLY_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_SERVICE_NAME": "guide-worker",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", setup + "\n" + example],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    trace_line = next(line for line in out.stdout.splitlines() if line.startswith("trace "))
+    trace_id = trace_line.split()[1]
+    spans, text, i = [], out.stdout, 0
+    decoder = json.JSONDecoder()
+    while (i := text.find("{", i)) != -1:
+        obj, i = decoder.raw_decode(text, i)
+        spans.append(obj)
+    by_name = {s["name"]: s for s in spans}
+    stage, mine = by_name["stage script_generation"], by_name["choose a template"]
+    assert mine["parent_id"] == stage["context"]["span_id"]
+    assert stage["context"]["trace_id"] == mine["context"]["trace_id"] == "0x" + trace_id
+    assert stage["attributes"]["vividly.outcome"] == "completed"
+    assert stage["resource"]["attributes"]["service.name"] == "guide-worker"

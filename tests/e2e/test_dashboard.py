@@ -4,6 +4,7 @@ appearing live without a reload. Saves a screenshot to test-artifacts/."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,10 @@ __all__ = ["side"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright's sync API (which keeps an event
+    loop running in this thread while it is open)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: run `make setup`")
     with sync_playwright() as pw:
@@ -30,6 +33,12 @@ def browser() -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
 
 
 def sign_in(page: Page, side: ReadSide, token: str) -> None:

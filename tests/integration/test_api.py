@@ -201,6 +201,28 @@ def test_request_detail_events_metrics_and_breakers(side: ReadSide, unique: str)
         assert "vividly_api_request_duration_seconds" in httpx.get(f"{side.url}/metrics").text
 
 
+def test_without_a_trace_backend_a_trace_is_a_404_that_says_tracing_is_off(
+    side: ReadSide, unique: str
+) -> None:
+    """This read side reads no Jaeger: every trace is a 404 naming why (never a 5xx),
+    after the scope check (a request outside it is plainly not found)."""
+    org = f"org-{unique}"
+    rid = make_request(side.tracker, org, "s")
+    side.flush()
+    wait_for(lambda: visible(side, rid, "completed"), what="completed request")
+    with side.client() as c:
+        r = c.get(f"/api/v1/monitoring/requests/{rid}/trace")
+    assert r.status_code == 404
+    assert r.json()["detail"]["code"] == "tracing_off"
+    assert len(r.json()["detail"]["trace_id"]) == 32
+    with side.client("teacher", "t-1", f"other-{unique}") as c:
+        r = c.get(f"/api/v1/monitoring/requests/{rid}/trace")
+    assert r.status_code == 404
+    assert "tracing_off" not in r.text  # says nothing of a request it may not see
+    with side.client("student", "s", org) as c:
+        assert c.get(f"/api/v1/monitoring/requests/{rid}/trace").status_code == 403
+
+
 # ---------------------------------------------------------------------- writes
 def test_submit_validates_names_the_field_and_honours_idempotency(
     side: ReadSide, unique: str

@@ -72,8 +72,16 @@ for name in vividly.__all__:
     getattr(vividly, name)
 dists = md.packages_distributions()
 loaded = set()
+# opentelemetry is a namespace many distributions share: a module is its file's owner's.
+owner = {str(f.locate()): d for d in dists.get("opentelemetry", [])
+         for f in (md.distribution(d).files or []) if f.suffix == ".py"}
 for mod in set(sys.modules) - before:
     top = mod.split(".")[0]
+    if top == "opentelemetry":
+        path = getattr(sys.modules[mod], "__file__", None)
+        if path:  # (None: the namespace itself)
+            loaded.add(owner.get(path, "unknown-opentelemetry-" + mod))
+        continue
     if top == "google":
         if mod == "google":
             continue  # the namespace package itself

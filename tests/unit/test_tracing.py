@@ -388,3 +388,57 @@ def test_a_span_whose_parent_is_missing_or_looped_is_still_drawn_and_marked() ->
     assert sorted(s["name"] for s in tree["spans"]) == ["loop x", "loop y", "orphan"]
     assert tree["complete"] is False
     assert tree["spans"][0]["service"] == "?"
+
+
+def test_track_stage_is_a_span_in_the_request_trace_and_the_authors_spans_nest_in_it(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A worker of one's own (no consumer loop: nothing current) tracks a stage: the
+    attempt is a span in the request's trace, the author's own spans nest under it, and
+    the events published inside name it."""
+    pub = FakePublisher()
+    tracker = RequestTracker(pub)
+    rid, cid = tracker.create_request("s1", "Volcanoes", "magma", "8", 3)
+    author = trace.get_tracer("my_service")
+    with (
+        tracker.track_stage(rid, "validation") as stage,
+        author.start_as_current_span("check the objective"),
+    ):
+        stage.output["ok"] = True
+    with pytest.raises(ValueError, match="too vague"), tracker.track_stage(rid, "rag_retrieval"):
+        raise ValueError("too vague")
+    got = by_name(spans)
+    v, mine, r = got["stage validation"], got["check the objective"], got["stage rag_retrieval"]
+    tid = int(tracing.trace_id_hex(cid), 16)
+    assert {v.context.trace_id, mine.context.trace_id, r.context.trace_id} == {tid}
+    assert mine.parent is not None
+    assert mine.parent.span_id == v.context.span_id
+    assert dict(v.attributes or {}) == {
+        "vividly.request_id": rid,
+        "vividly.stage": "validation",
+        "vividly.attempt": 1,
+        "vividly.outcome": "completed",
+    }
+    assert dict(r.attributes or {})["vividly.outcome"] == "failed"
+    assert r.status.status_code is StatusCode.ERROR
+    started = [m for m in pub.messages if m.envelope().WhichOneof("event") == "stage_started"]
+    # (each event is a point in the trace: its own span id, the stage span's trace)
+    assert dict(started[0].headers)[H_TRACEPARENT].decode()[3:35] == f"{tid:032x}"
+    assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left current
+
+
+async def _async_stage(tracker: RequestTracker, rid: str) -> str:
+    async with tracker.track_stage(rid, "notification"):
+        await asyncio.sleep(0)
+        return tracing.current_traceparent()
+
+
+def test_async_track_stage_keeps_its_span_current_across_awaits(
+    spans: InMemorySpanExporter,
+) -> None:
+    tracker = RequestTracker(FakePublisher())
+    rid, cid = tracker.create_request("s1", "Tides", "the moon", "6", 2)
+    inside = asyncio.run(_async_stage(tracker, rid))
+    s = by_name(spans)["stage notification"]
+    assert inside == tracing.format_traceparent(s.context)
+    assert inside[3:35] == tracing.trace_id_hex(cid)

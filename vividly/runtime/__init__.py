@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "Built": "vividly.runtime.service",
     "Deps": "vividly.runtime.service",
     "run": "vividly.runtime.service",
+    "configure_tracing": "vividly.runtime.telemetry",
+    "shutdown_tracing": "vividly.runtime.telemetry",
 }
 
 __all__ = [
@@ -48,8 +50,10 @@ __all__ = [
     "StageContext",
     "StageRunner",
     "UnpairedBreaker",
+    "configure_tracing",
     "ensure_topics",
     "run",
+    "shutdown_tracing",
 ]
 
 
@@ -69,3 +73,4 @@ if TYPE_CHECKING:
         StageRunner,
         UnpairedBreaker,
     )
+    from vividly.runtime.telemetry import configure_tracing, shutdown_tracing

@@ -307,3 +307,14 @@ def shutdown(timeout_s: float = 5.0) -> None:
     stopper.join(max(0.5, timeout_s - (time.monotonic() - started)))
     if stopper.is_alive():
         log.warning("trace backend did not take the last spans in time; dropping them")
+
+
+def configure_tracing(service: str) -> bool:
+    """Turn tracing on for a worker of one's own when the ``OTEL_*`` environment asks for
+    it (what :func:`vividly.runtime.run` does for a service); returns whether it is on."""
+    return configure(service)
+
+
+def shutdown_tracing(timeout_s: float = 5.0) -> None:
+    """Export the spans still queued (at most about ``timeout_s``) and stop tracing."""
+    shutdown(timeout_s)

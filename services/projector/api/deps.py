@@ -192,13 +192,13 @@ ERROR_TEXT = {
     400: "The body is not JSON (or not UTF-8)",
     401: "No bearer token, or one that is expired, malformed or signed with another secret",
     403: "The token's role may not do this; the detail names the field when one is to blame",
-    404: "No such request in the caller's scope",
+    404: "No such request in the caller's scope (for a trace, also: detail.code "
+    "trace_not_found or tracing_off)",
     409: "Not possible in the request's current state (detail.code says why)",
     413: "The body is larger than the API reads (VIVIDLY_API_MAX_BODY_BYTES)",
     422: "A parameter or body field is invalid; the detail names it",
     429: "Too many stream clients on this API process; retry after Retry-After seconds",
     503: "The event log did not acknowledge the write (nothing was accepted), or the read "
     "model has not reached the given position in time (code read_model_behind); retry; "
-    "or, for a trace, the trace backend is not configured or unreachable "
-    "(code trace_backend_unavailable)",
+    "or, for a trace, the trace backend is unreachable (code trace_backend_unavailable)",
 }

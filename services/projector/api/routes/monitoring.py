@@ -137,7 +137,16 @@ async def request_trace(
     trace_id = trace_id_hex(correlation_id)
     query_url = state.settings.jaeger_query_url
     if not query_url or state.traces is None:
-        raise _no_traces("no trace backend is configured (VIVIDLY_JAEGER_QUERY_URL)")
+        # Not an outage: this deployment keeps no traces, so there is none to give.
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            {
+                "code": "tracing_off",
+                "message": "this API reads no trace backend (VIVIDLY_JAEGER_QUERY_URL is "
+                "not set): no request has a trace here",
+                "trace_id": trace_id,
+            },
+        )
     try:
         data = await traces.fetch(
             state.traces, query_url, trace_id, state.settings.api_trace_timeout_s
