@@ -166,6 +166,18 @@ def test_a_taken_port_is_named_in_the_error(stack_env: dict[str, str]) -> None:
     assert "Traceback" not in up.stderr
 
 
+def test_two_components_on_one_port_is_refused_naming_both(stack_env: dict[str, str]) -> None:
+    """A user's VIVIDLY_API_PORT equal to the Gemini emulator's: the API would find the
+    emulator listening there and look started; `up` refuses before starting anything."""
+    port = str(free_port())
+    env = {**stack_env, "VIVIDLY_GEMINI_PORT": port, "VIVIDLY_API_PORT": port}
+    up = vividly(env, "up")
+    assert up.returncode == 1
+    assert f"VIVIDLY_GEMINI_PORT and VIVIDLY_API_PORT are both {port}" in up.stderr
+    assert "Traceback" not in up.stderr
+    assert not (Path(stack_env["VIVIDLY_HOME"]) / "pgdata").exists(), "nothing was started"
+
+
 def dashboard(info: dict[str, object], token: str) -> dict[str, int]:
 
     r = httpx.get(

@@ -102,6 +102,25 @@ def _up_detached(
     return 1
 
 
+def _distinct_ports(settings: Settings, infra_only: bool, tracing: bool) -> None:
+    """Every component of the stack on a port of its own: a component started on a port
+    another one already listens on would look started and never serve."""
+    from vividly.platform.stack import StackError
+
+    names = ["kafka", "kafka_controller", "pg"]
+    if not infra_only:
+        names += ["gemini", "video", "s3", "smtp", "api"]
+        if tracing:
+            names += [f"jaeger_{n}" for n in ("otlp", "otlp_grpc", "query", "query_grpc", "health")]
+    seen: dict[int, str] = {}
+    for name in names:
+        port = int(getattr(settings, f"{name}_port"))
+        var = f"VIVIDLY_{name.upper()}_PORT"
+        if port in seen:
+            raise StackError(f"{seen[port]} and {var} are both {port}: give each its own port")
+        seen[port] = var
+
+
 def _tracing_plan(env: dict[str, str] | Any) -> str:
     """What ``vividly up`` does about traces, given the caller's environment: "jaeger"
     (start the local Jaeger and export to it), "yours" (the caller's own OTEL_* exporter
@@ -160,6 +179,7 @@ def _up_foreground(
 
     supervisor = Supervisor(on_change=restarted)
     try:
+        _distinct_ports(settings, infra_only, tracing)
         pg = EmbeddedPostgres(home / "pgdata", settings.pg_port)
         broker = ApacheKafkaBroker(
             home / "kafka",

@@ -42,11 +42,21 @@ class StackError(RuntimeError):
     """Something the local stack needs is missing or did not start; the message says what."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now that this process has not handed out before: the kernel may give
+    a port it just gave again, and two components asking in turn must never share one
+    (the second would find the first listening there and look started)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise StackError("no free port left that this process has not handed out")
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
