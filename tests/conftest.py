@@ -103,6 +103,22 @@ def fresh_database(postgres_url: str, prefix: str = "t") -> str:
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+@pytest.fixture(autouse=True)
+def _closed_breakers() -> None:
+    """Every test starts with the process's circuit breakers closed and at their default
+    settings: they are module globals, and a test that left them at fail_max 3 and a 60 s
+    cool-down held the guide's Gemini example (run after the unit tests) for a minute."""
+    from vividly.breakers import (
+        DEFAULT_FAIL_MAX,
+        DEFAULT_RESET_TIMEOUT_S,
+        configure_breakers,
+        reset_all,
+    )
+
+    configure_breakers(DEFAULT_FAIL_MAX, DEFAULT_RESET_TIMEOUT_S)
+    reset_all()
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]

@@ -100,10 +100,14 @@ class _Counters(pybreaker.CircuitBreakerListener):
                 log.exception("breaker state hook failed", extra={"breaker": cb.name})
 
 
+DEFAULT_FAIL_MAX = 5
+DEFAULT_RESET_TIMEOUT_S = 30.0
+
+
 def _make(name: str) -> CircuitBreaker:
     return CircuitBreaker(
-        fail_max=5,
-        reset_timeout=30,
+        fail_max=DEFAULT_FAIL_MAX,
+        reset_timeout=DEFAULT_RESET_TIMEOUT_S,
         exclude=[_never_counts],
         listeners=[_Counters()],
         name=name,
