@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -92,7 +92,6 @@ M_OFFSET: Final = "messaging.kafka.offset"
 M_KEY: Final = "messaging.kafka.message.key"
 M_GROUP: Final = "messaging.consumer.group.name"
 M_CLIENT_ID: Final = "messaging.client.id"
-M_BODY_SIZE: Final = "messaging.message.body.size"
 
 #: The trace id a root span started now must have (read by the SDK's id generator in
 #: :mod:`vividly.runtime.telemetry`); 0: any.
@@ -104,23 +103,30 @@ forced_trace_id: contextvars.ContextVar[int] = contextvars.ContextVar(
 _tracer: tuple[object, trace.Tracer] | None = None
 
 
-def tracer() -> trace.Tracer:
-    """This package's tracer from the process's provider, kept while that provider is
-    the one installed (``get_tracer`` costs a quarter of a span's start otherwise)."""
+def _live() -> trace.Tracer | None:
+    """This package's tracer when the process records spans (a provider was set), else
+    None: one lookup of the provider, kept while that provider is the one installed
+    (``get_tracer`` costs a quarter of a span's start; an ABC ``isinstance`` a tenth)."""
     global _tracer
     provider = trace.get_tracer_provider()
     cached = _tracer
     if cached is not None and cached[0] is provider:
         return cached[1]
+    if type(provider) is trace.ProxyTracerProvider:
+        return None
     got = provider.get_tracer(TRACER_NAME)
-    if not isinstance(provider, trace.ProxyTracerProvider):
-        _tracer = (provider, got)
+    _tracer = (provider, got)
     return got
+
+
+def tracer() -> trace.Tracer:
+    """This package's tracer from the process's provider (a no-op one when none is set)."""
+    return _live() or trace.get_tracer_provider().get_tracer(TRACER_NAME)
 
 
 def active() -> bool:
     """Whether this process records spans (a tracer provider was set up)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _live() is not None
 
 
 def trace_id_hex(correlation_id: str) -> str:
@@ -143,8 +149,19 @@ def parse_traceparent(value: str | None) -> SpanContext | None:
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
 
 
+_formatted: tuple[SpanContext | None, str] = (None, "")
+
+
 def format_traceparent(ctx: SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    """The W3C ``traceparent`` of ``ctx`` (the last one formatted is kept: a stage's
+    events and its hand-on all name the same span)."""
+    global _formatted
+    last, value = _formatted
+    if last is ctx:
+        return value
+    value = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    _formatted = (ctx, value)
+    return value
 
 
 def error_status(error: BaseException) -> Status:
@@ -164,13 +181,14 @@ def start_root(
     <stage>``): no parent, the trace id from ``correlation_id``, and a link to the span
     current here (the caller's HTTP request, in its own trace). None when not tracing;
     the caller ends it."""
-    if not active():
+    t = _live()
+    if t is None:
         return None
     caller = trace.get_current_span().get_span_context()
     links = [Link(caller, {"vividly.link": "caller"})] if caller.is_valid else []
     token = forced_trace_id.set(int(trace_id_hex(correlation_id), 16))
     try:
-        return tracer().start_span(
+        return t.start_span(
             name,
             context=otel_context.Context(),  # a root, whatever is current
             kind=SpanKind.INTERNAL,
@@ -216,7 +234,8 @@ def send_span(
     the child of the current span when that is in the same trace (a stage's ``process``
     span), else of the span the message names (the API's ``submit``/``retry`` root, while
     the current span is the caller's HTTP request in the caller's trace)."""
-    if not active():
+    t = _live()
+    if t is None:
         return None, list(headers)
     named: SpanContext | None = None
     for hk, hv in headers:
@@ -230,7 +249,7 @@ def send_span(
         ctx = trace.set_span_in_context(NonRecordingSpan(named))
     else:
         ctx = otel_context.Context()
-    span = tracer().start_span(
+    span = t.start_span(
         f"send {topic}",
         context=ctx,
         kind=SpanKind.PRODUCER,
@@ -257,7 +276,39 @@ def end_send(span: Span | None, partition: int, offset: int, error: str | None) 
     span.end()
 
 
-@contextmanager
+class _Current:
+    """Makes a started span current for a block and ends it after, recording an
+    ``Exception`` that leaves the block (as the SDK's ``use_span`` does; a class, where
+    our generator around ``use_span``'s was two generator frames per span)."""
+
+    __slots__ = ("record", "span", "token", "value")
+
+    def __init__(self, span: Span | None, value: Any, record: bool = True) -> None:
+        """``record``: whether the exception is recorded as an event too (the status is
+        set either way)."""
+        self.span, self.value, self.record = span, value, record
+        self.token: object = None
+
+    def __enter__(self) -> Any:
+        if self.span is not None:
+            self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.value
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        span = self.span
+        if span is None:
+            return
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        if isinstance(error, Exception) and span.is_recording():
+            if self.record:
+                span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
+
+
+_NO_SPAN: Final = _Current(None, None)
+
+
 def process_span(
     *,
     topic: str,
@@ -267,14 +318,13 @@ def process_span(
     traceparent: str | None,
     group: str,
     client_id: str,
-    size: int,
     request_id: str = "",
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """The ``process <topic>`` CONSUMER span of one consumed message, current while the
     handler runs: the child of the span the message's ``traceparent`` names."""
-    if not active():
-        yield None
-        return
+    t = _live()
+    if t is None:
+        return _NO_SPAN
     remote = parse_traceparent(traceparent)
     ctx = trace.set_span_in_context(NonRecordingSpan(remote)) if remote is not None else None
     attributes: dict[str, Any] = {
@@ -286,22 +336,15 @@ def process_span(
         M_OFFSET: offset,
         M_GROUP: group,
         M_CLIENT_ID: client_id,
-        M_BODY_SIZE: size,
     }
     if key:
         attributes[M_KEY] = key.decode("utf-8", "replace")
     if request_id:
         attributes[ATTR_REQUEST_ID] = request_id
-    span = tracer().start_span(
-        f"process {topic}",
-        context=ctx,
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
+    span = t.start_span(
+        f"process {topic}", context=ctx, kind=SpanKind.CONSUMER, attributes=attributes
     )
-    with trace.use_span(
-        span, end_on_exit=True, record_exception=True, set_status_on_exception=True
-    ):
-        yield span
+    return _Current(span, span)
 
 
 class StageSpan:
@@ -329,20 +372,21 @@ class StageSpan:
             self.span.set_attribute("vividly.replayed", True)
 
 
-@contextmanager
-def stage_span(request_id: str, stage: str, attempt: int) -> Iterator[StageSpan]:
+_NO_STAGE: Final = _Current(None, StageSpan(None))
+
+
+def stage_span(request_id: str, stage: str, attempt: int) -> AbstractContextManager[StageSpan]:
     """The span of one tracked stage attempt, current while its work runs (so the
     external calls it makes nest under it)."""
-    if not active():
-        yield StageSpan(None)
-        return
-    span = tracer().start_span(
+    t = _live()
+    if t is None:
+        return _NO_STAGE
+    span = t.start_span(
         f"stage {stage}",
         kind=SpanKind.INTERNAL,
         attributes={ATTR_REQUEST_ID: request_id, ATTR_STAGE: stage, ATTR_ATTEMPT: attempt},
     )
-    with trace.use_span(span, end_on_exit=True, record_exception=False):
-        yield StageSpan(span)
+    return _Current(span, StageSpan(span), False)
 
 
 def start_stage_span(
@@ -353,7 +397,8 @@ def start_stage_span(
     it current (:func:`enter`) and ends it (:func:`leave`). Under the current span when
     that is in the request's trace (a handler the consumer loop runs); else, when the
     correlation id is known, a root in the request's trace (a worker of one's own)."""
-    if not active():
+    t = _live()
+    if t is None:
         return None
     name = f"stage {stage}"
     attributes: dict[str, Any] = {
@@ -367,7 +412,7 @@ def start_stage_span(
         if not (current.is_valid and current.trace_id == wanted):
             token = forced_trace_id.set(wanted)
             try:
-                return tracer().start_span(
+                return t.start_span(
                     name,
                     context=otel_context.Context(),
                     kind=SpanKind.INTERNAL,
@@ -375,7 +420,7 @@ def start_stage_span(
                 )
             finally:
                 forced_trace_id.reset(token)
-    return tracer().start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+    return t.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
 
 
 def enter(span: Span) -> object:
@@ -399,10 +444,9 @@ def leave(span: Span, token: object, error: BaseException | None) -> None:
 def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span | None]:
     """A CLIENT span for a call to the outside that has no maintained instrumentation
     (SMTP: smtplib has none)."""
-    if not active():
+    t = _live()
+    if t is None:
         yield None
         return
-    with tracer().start_as_current_span(
-        name, kind=SpanKind.CLIENT, attributes=dict(attributes)
-    ) as span:
+    with t.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=dict(attributes)) as span:
         yield span

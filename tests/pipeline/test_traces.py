@@ -171,9 +171,9 @@ def fetch_trace(jaeger: Jaeger, correlation_id: str, done: Any, timeout: float =
     raise AssertionError(f"trace {tid} incomplete after {timeout}s; Jaeger has:\n{got}")
 
 
-def assert_hop(t: Trace, process: dict[str, Any], group: str) -> dict[str, Any]:
-    """``process`` is a Kafka consumer span whose parent is the producer span of the
-    message it consumed; returns that send span."""
+def assert_hop(t: Trace, process: dict[str, Any], group: str, rid: str) -> dict[str, Any]:
+    """``process`` is a Kafka consumer span of request ``rid``'s work item whose parent is
+    the producer span of the message it consumed; returns that send span."""
     tags = process["tags_"]
     topic = process["operationName"].removeprefix("process ")
     assert tags["span.kind"] == "consumer"
@@ -183,7 +183,7 @@ def assert_hop(t: Trace, process: dict[str, Any], group: str) -> dict[str, Any]:
     assert tags["messaging.consumer.group.name"] == group
     assert int(tags["messaging.destination.partition.id"]) >= 0
     assert int(tags["messaging.kafka.offset"]) >= 0
-    assert tags["messaging.kafka.message.key"] == tags["vividly.request_id"]
+    assert tags["messaging.kafka.message.key"] == rid  # a work item is keyed by its request
     send = t.parent(process)
     assert send is not None, f"{process['operationName']} has no parent in the trace"
     assert send["operationName"] == f"send {topic}"
@@ -234,7 +234,7 @@ def test_a_request_is_one_trace_across_every_service_with_its_external_calls(
         assert process["operationName"].startswith("process ")
         if stage != "video_processing":  # the video service runs both video stages
             assert process["operationName"] == f"process {STAGE_INPUT_TOPICS[stage]}"
-        send = assert_hop(t, process, SERVICES_OF[stage])
+        send = assert_hop(t, process, SERVICES_OF[stage], rid)
         if stage == "validation":
             assert t.parent(send) is root[0]
         else:  # handed on by the previous service, under its own process span
@@ -381,7 +381,7 @@ def test_retries_and_a_manual_retry_from_the_api_stay_in_the_request_trace(
         assert all(s["tags_"].get("otel.status_code") == "ERROR" for s in attempts)
         # Each retry is consumed from the stage's own topic, sent by the attempt before.
         for before, after in itertools.pairwise(attempts):
-            send = assert_hop(t, t.parent(after), "video")  # type: ignore[arg-type]
+            send = assert_hop(t, t.parent(after), "video", rid)  # type: ignore[arg-type]
             assert send["operationName"] == "send requests.scripted"
             assert t.parent(send) is t.parent(before)
 
@@ -401,7 +401,7 @@ def test_retries_and_a_manual_retry_from_the_api_stay_in_the_request_trace(
     assert [r["traceID"] for r in retry["references"]] == [other[3:35]]
     fourth = t.stage_spans("video_generation")[3]
     assert fourth["tags_"]["vividly.outcome"] == "completed"
-    send = assert_hop(t, t.parent(fourth), "video")  # type: ignore[arg-type]
+    send = assert_hop(t, t.parent(fourth), "video", rid)  # type: ignore[arg-type]
     assert t.parent(send) is retry
     (notification,) = t.stage_spans("notification")
     assert notification["tags_"]["vividly.outcome"] == "completed"

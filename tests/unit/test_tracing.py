@@ -206,7 +206,6 @@ def test_a_consumed_message_is_processed_under_the_send_span_that_produced_it(
             traceparent=tp,
             group="ingest",
             client_id="ingest-1",
-            size=120,
             request_id="r1",
         ),
         tracing.client_span("smtp send", {"server.address": "127.0.0.1"}),
@@ -232,7 +231,7 @@ def test_a_message_with_no_usable_traceparent_starts_a_trace_of_its_own(
     spans: InMemorySpanExporter, bad: str | None
 ) -> None:
     kw: dict[str, Any] = {"partition": 0, "offset": 1, "key": None, "group": "g"}
-    with tracing.process_span(topic="t", traceparent=bad, client_id="c", size=0, **kw):
+    with tracing.process_span(topic="t", traceparent=bad, client_id="c", **kw):
         pass
     assert by_name(spans)["process t"].parent is None
 

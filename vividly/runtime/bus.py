@@ -367,7 +367,6 @@ class ConsumerLoop:
             traceparent=headers.traceparent,
             group=self.group_id,
             client_id=self.name,
-            size=len(value),
         ) as span:
             await self._process_one(msg, delivery, value, span)
         self._finish(topic, partition, state, offset)
@@ -390,7 +389,8 @@ class ConsumerLoop:
             await self._dead_letter(msg, headers, "decode_error", decoded, span)
             return
         request_id: str = getattr(decoded, "request_id", "")
-        if span is not None and request_id:
+        if span is not None and request_id and delivery.key != request_id.encode():
+            # (a work item is keyed by its request id: the span has it as the key)
             span.set_attribute(tracing.ATTR_REQUEST_ID, request_id)
         handler = self.handlers.get(type(decoded))
         if handler is None:
