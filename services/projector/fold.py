@@ -696,20 +696,25 @@ def percentiles(
     """Quantiles from a duration histogram, interpolated linearly inside a bucket (as
     Prometheus' histogram_quantile does), never above ``ceiling`` (the largest duration
     observed). None when the histogram is empty."""
+    wanted = list(qs)
+    out: list[float | None] = [None] * len(wanted)
     total = sum(buckets)
-    out: list[float | None] = []
-    for q in qs:
-        if total == 0:
-            out.append(None)
+    if total == 0:
+        return out
+    # One walk of the histogram for every quantile, in increasing order.
+    order = sorted(range(len(wanted)), key=wanted.__getitem__)
+    k, seen = 0, 0
+    for i, n in enumerate(buckets):
+        if not n:
             continue
-        rank = q * total
-        seen = 0
-        for i, n in enumerate(buckets):
-            if n and seen + n >= rank:
-                lo = DURATION_BOUNDS_MS[i - 1] if i > 0 else 0.0
-                hi = DURATION_BOUNDS_MS[i] if i < len(DURATION_BOUNDS_MS) else lo * 2
-                value = lo + (hi - lo) * (rank - seen) / n
-                out.append(min(value, ceiling) if ceiling is not None else value)
-                break
-            seen += n
+        while k < len(order) and seen + n >= wanted[order[k]] * total:
+            rank = wanted[order[k]] * total
+            lo = DURATION_BOUNDS_MS[i - 1] if i > 0 else 0.0
+            hi = DURATION_BOUNDS_MS[i] if i < len(DURATION_BOUNDS_MS) else lo * 2
+            value = lo + (hi - lo) * (rank - seen) / n
+            out[order[k]] = min(value, ceiling) if ceiling is not None else value
+            k += 1
+        if k == len(order):
+            break
+        seen += n
     return out

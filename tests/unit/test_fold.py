@@ -184,3 +184,39 @@ def test_each_stage_keeps_its_longest_attempt_completed_or_failed() -> None:
         "script_generation": 9100.0,
         "rag_retrieval": 40.5,
     }
+
+
+def _percentiles_one_walk_per_quantile(
+    buckets: list[int], qs: tuple[float, ...], ceiling: float | None
+) -> list[float | None]:
+    """The definition: for each quantile, the bucket its rank falls in, interpolated."""
+    total = sum(buckets)
+    out: list[float | None] = []
+    for q in qs:
+        if total == 0:
+            out.append(None)
+            continue
+        rank, seen = q * total, 0
+        for i, n in enumerate(buckets):
+            if n and seen + n >= rank:
+                lo = DURATION_BOUNDS_MS[i - 1] if i > 0 else 0.0
+                hi = DURATION_BOUNDS_MS[i] if i < len(DURATION_BOUNDS_MS) else lo * 2
+                value = lo + (hi - lo) * (rank - seen) / n
+                out.append(min(value, ceiling) if ceiling is not None else value)
+                break
+            seen += n
+    return out
+
+
+def test_percentiles_in_one_walk_match_the_definition_for_any_histogram() -> None:
+    import random
+
+    rng = random.Random(3)
+    n = len(DURATION_BOUNDS_MS) + 1
+    for _ in range(3000):
+        buckets = [rng.choice([0, 0, 0, 1, rng.randint(0, 500)]) for _ in range(n)]
+        qs = tuple(rng.choice([0.0, 0.5, 0.9, 0.95, 0.99, 1.0]) for _ in range(rng.randint(1, 4)))
+        ceiling = rng.choice([None, rng.uniform(0, 20000)])
+        assert percentiles(buckets, qs, ceiling) == _percentiles_one_walk_per_quantile(
+            buckets, qs, ceiling
+        ), (buckets, qs, ceiling)

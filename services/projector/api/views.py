@@ -307,6 +307,33 @@ async def _stage_figures(conn: Any, who: Principal, grain: str, since: datetime)
     ]
 
 
+async def _stage_totals(conn: Any, who: Principal, since: datetime) -> list[Any]:
+    """One row per stage of the minute figures from ``since`` (counts summed, the longest
+    attempt, the histograms added bucket by bucket), summed by Postgres: an admin's hour
+    is every school's minute rows, and adding their histograms in Python was a quarter of
+    the dashboard's time. Admins and teachers (the fold keeps their tables)."""
+    args: list[Any]
+    if who.role == "admin":
+        table, where, args = f"{S}.stage_metrics_minute", "bucket >= $1", [since]
+    else:
+        table = f"{S}.org_stage_metrics_minute"
+        where, args = "organization_id = $1 AND bucket >= $2", [who.org, since]
+    return list(
+        await conn.fetch(
+            f"WITH kept AS (SELECT * FROM {table} WHERE {where}),"
+            " hist AS (SELECT k.stage, b.i, sum(b.n)::bigint AS n FROM kept k,"
+            " unnest(k.duration_buckets) WITH ORDINALITY AS b(n, i) GROUP BY 1, 2)"
+            " SELECT t.*, (SELECT array_agg(h.n ORDER BY h.i) FROM hist h"
+            " WHERE h.stage = t.stage) AS duration_buckets"
+            " FROM (SELECT stage, sum(started)::bigint AS started,"
+            " sum(completed)::bigint AS completed, sum(failed)::bigint AS failed,"
+            " sum(retried)::bigint AS retried, max(duration_max_ms) AS duration_max_ms"
+            " FROM kept GROUP BY stage) t",
+            *args,
+        )
+    )
+
+
 async def _request_figures(conn: Any, who: Principal, grain: str, since: datetime) -> list[Any]:
     """Requests created/completed/failed per ``grain`` bucket from ``since``, in scope."""
     if who.role in ("admin", "teacher"):
@@ -399,7 +426,11 @@ async def dashboard(
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + int(r["n"])
     since = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
-    stage_rows = await _stage_figures(conn, who, "minute", since)
+    stage_rows = (
+        await _stage_totals(conn, who, since)
+        if who.role in ("admin", "teacher")
+        else await _stage_figures(conn, who, "minute", since)
+    )
     stages: dict[str, dict[str, Any]] = {}
     merged: dict[str, list[int]] = {}
     top: dict[str, float] = {}
@@ -411,7 +442,7 @@ async def dashboard(
             st[k] += r[k]
         top[r["stage"]] = max(top.get(r["stage"], 0.0), r["duration_max_ms"])
         acc = merged.setdefault(r["stage"], [0] * N_BUCKETS)
-        for i, n in enumerate(r["duration_buckets"]):
+        for i, n in enumerate(r["duration_buckets"] or ()):
             acc[i] += n
     stage_stats = []
     for stage in STAGES:
@@ -642,9 +673,13 @@ async def hourly_metrics(conn: Any, who: Principal, hours: int) -> dict[str, Any
         p50, p95, p99 = percentiles(
             list(r["duration_buckets"]), (0.5, 0.95, 0.99), r["duration_max_ms"]
         )
-        b = buckets.setdefault(
-            r["bucket"], {"hour": r["bucket"].isoformat(), "stages": {}, "requests": None}
-        )
+        b = buckets.get(r["bucket"])
+        if b is None:
+            b = buckets[r["bucket"]] = {
+                "hour": r["bucket"].isoformat(),
+                "stages": {},
+                "requests": None,
+            }
         b["stages"][r["stage"]] = {
             "started": r["started"],
             "completed": r["completed"],
