@@ -441,3 +441,34 @@ def test_async_track_stage_keeps_its_span_current_across_awaits(
     s = by_name(spans)["stage notification"]
     assert inside == tracing.format_traceparent(s.context)
     assert inside[3:35] == tracing.trace_id_hex(cid)
+
+
+def test_an_error_leaving_a_span_block_marks_it_and_a_cancellation_does_not(
+    spans: InMemorySpanExporter,
+) -> None:
+    """process spans record the exception and ERROR; a stage span sets ERROR (its own
+    failed() records the exception); a BaseException (a cancelled task) is not an error;
+    the span is ended and no longer current after the block either way."""
+    kw: dict[str, Any] = {"partition": 0, "key": b"r1", "group": "g", "client_id": "c"}
+    with (
+        pytest.raises(ValueError, match="bad input"),
+        tracing.process_span(topic="a", offset=1, traceparent=None, **kw),
+    ):
+        raise ValueError("bad input")
+    with pytest.raises(RuntimeError), tracing.stage_span("r1", "validation", 1):
+        raise RuntimeError("boom")
+    with (
+        pytest.raises(asyncio.CancelledError),
+        tracing.process_span(topic="b", offset=2, traceparent=None, **kw),
+    ):
+        raise asyncio.CancelledError
+    assert not trace.get_current_span().get_span_context().is_valid
+    got = by_name(spans)
+    failed, stage, cancelled = got["process a"], got["stage validation"], got["process b"]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "ValueError: bad input"
+    assert [e.name for e in failed.events] == ["exception"]
+    assert stage.status.status_code is StatusCode.ERROR
+    assert stage.events == ()
+    assert cancelled.status.status_code is StatusCode.UNSET
+    assert all(s.end_time for s in (failed, stage, cancelled))
