@@ -243,20 +243,19 @@ def _bucket(at: datetime, step: int) -> datetime:
     return bucket_time(sec - sec % step)
 
 
-async def _kept(conn: Any, who: Principal, columns: str, table: str, since: datetime) -> list[Any]:
-    """Rows of a metric table the fold keeps (``table`` is its global name): the global
-    table for an admin, the organization's rows for a teacher."""
+def _kept_scope(who: Principal, table: str, since: datetime) -> tuple[str, str, list[Any]]:
+    """Where a metric table the fold keeps (``table`` is its global name) holds the
+    caller's rows from ``since``: the global table for an admin, the organization's rows
+    for a teacher. (source, condition, arguments)."""
     if who.role == "admin":
-        return list(
-            await conn.fetch(f"SELECT {columns} FROM {S}.{table} WHERE bucket >= $1", since)
-        )
-    return list(
-        await conn.fetch(
-            f"SELECT {columns} FROM {S}.org_{table} WHERE organization_id = $1 AND bucket >= $2",
-            who.org,
-            since,
-        )
-    )
+        return f"{S}.{table}", "bucket >= $1", [since]
+    return f"{S}.org_{table}", "organization_id = $1 AND bucket >= $2", [who.org, since]
+
+
+async def _kept(conn: Any, who: Principal, columns: str, table: str, since: datetime) -> list[Any]:
+    """Rows of a metric table the fold keeps, in the caller's scope (:func:`_kept_scope`)."""
+    source, where, args = _kept_scope(who, table, since)
+    return list(await conn.fetch(f"SELECT {columns} FROM {source} WHERE {where}", *args))
 
 
 async def _stage_figures(conn: Any, who: Principal, grain: str, since: datetime) -> list[Any]:
@@ -312,12 +311,7 @@ async def _stage_totals(conn: Any, who: Principal, since: datetime) -> list[Any]
     attempt, the histograms added bucket by bucket), summed by Postgres: an admin's hour
     is every school's minute rows, and adding their histograms in Python was a quarter of
     the dashboard's time. Admins and teachers (the fold keeps their tables)."""
-    args: list[Any]
-    if who.role == "admin":
-        table, where, args = f"{S}.stage_metrics_minute", "bucket >= $1", [since]
-    else:
-        table = f"{S}.org_stage_metrics_minute"
-        where, args = "organization_id = $1 AND bucket >= $2", [who.org, since]
+    table, where, args = _kept_scope(who, "stage_metrics_minute", since)
     return list(
         await conn.fetch(
             f"WITH kept AS (SELECT * FROM {table} WHERE {where}),"
