@@ -11,7 +11,15 @@ from pathlib import Path
 import jwt
 import pytest
 
-from vividly.runtime.auth import AuthError, Principal, WeakSecret, check_secret, mint, verify
+from vividly.runtime.auth import (
+    AuthError,
+    Principal,
+    TokenCache,
+    WeakSecret,
+    check_secret,
+    mint,
+    verify,
+)
 
 SECRET = "unit-secret-0123456789abcdef0123456789abcdef"
 
@@ -122,3 +130,28 @@ def test_the_api_refuses_to_start_with_a_short_secret(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stderr[-2000:]
     assert "at least 32" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_verified_token_is_kept_only_until_it_expires_and_a_bad_one_never() -> None:
+    cache = TokenCache(SECRET, max_entries=3)
+    token = mint(SECRET, role="teacher", sub="t-1", org="org-9", ttl_s=1)
+    exp = time.time() + 1
+    assert cache.verify(token) == Principal("t-1", "teacher", "org-9")
+    assert cache.verify(token) == Principal("t-1", "teacher", "org-9")  # from the cache
+    forged = mint("another-secret-0123456789abcdef0123456789", role="admin", sub="t-1")
+    for _ in range(2):  # a failure is not kept: refused every time
+        with pytest.raises(AuthError, match="invalid"):
+            cache.verify(forged)
+    while time.time() < exp + 1:  # wait for the expiry (the token's exp is whole seconds)
+        time.sleep(0.05)
+    with pytest.raises(AuthError, match="expired"):
+        cache.verify(token)
+    with pytest.raises(AuthError, match="expired"):  # and it stays refused
+        cache.verify(token)
+
+
+def test_the_token_cache_is_bounded() -> None:
+    cache = TokenCache(SECRET, max_entries=3)
+    tokens = [mint(SECRET, role="student", sub=f"s-{i}", org="org-9") for i in range(5)]
+    assert [cache.verify(t).sub for t in tokens] == [f"s-{i}" for i in range(5)]
+    assert len(cache._valid) <= 3

@@ -208,7 +208,7 @@ def _percentiles_one_walk_per_quantile(
     return out
 
 
-def test_percentiles_in_one_walk_match_the_definition_for_any_histogram() -> None:
+def test_percentiles_match_the_definition_for_any_histogram() -> None:
     import random
 
     rng = random.Random(3)

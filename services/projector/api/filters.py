@@ -94,7 +94,7 @@ def build(
     )
 
 
-def query_filter(
+async def query_filter(  # async: no thread hop (see deps.get_state)
     status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
     stage: Annotated[Stage | None, Query(description="The current stage")] = None,
     failed_at: Annotated[Stage | None, Query(description="Failed in this stage")] = None,
