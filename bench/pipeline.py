@@ -336,9 +336,10 @@ def framework(b: Bench, tracing: dict[str, str] | None = None) -> dict[str, Any]
     return out
 
 
-def spans_of(query_url: str, request_id: str, timeout: float = 30) -> int:
-    """How many spans Jaeger holds for one request of the traced run (found by its
-    ``vividly.request_id`` attribute): proof that "tracing on" exported."""
+def spans_of(query_url: str, request_id: str, timeout: float = 30) -> dict[str, int]:
+    """The spans Jaeger holds for one request of the traced run (found by its
+    ``vividly.request_id`` attribute), counted by service and name: proof that "tracing
+    on" exported, and where a request's spans come from."""
     import urllib.parse
     import urllib.request
 
@@ -346,21 +347,26 @@ def spans_of(query_url: str, request_id: str, timeout: float = 30) -> int:
         {"service": "ingest", "tags": json.dumps({"vividly.request_id": request_id}), "limit": 5}
     )
     deadline = time.monotonic() + timeout
-    seen, steady_since = -1, time.monotonic()
+    seen: dict[str, int] = {}
+    steady_since = time.monotonic()
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{query_url}/api/traces?{q}", timeout=10) as r:
             data = json.load(r).get("data") or []
-        n = 0
+        names: dict[str, int] = {}
         if data:
             tid = data[0]["traceID"]
             with urllib.request.urlopen(f"{query_url}/api/traces/{tid}", timeout=10) as r:
-                n = len(json.load(r)["data"][0]["spans"])
-        if n != seen:
-            seen, steady_since = n, time.monotonic()
-        elif n and time.monotonic() - steady_since > 6:  # past every exporter's 5 s batch
-            return n
+                got = json.load(r)["data"][0]
+            services = {k: v["serviceName"] for k, v in got["processes"].items()}
+            for span in got["spans"]:
+                name = f"{services[span['processID']]}: {span['operationName']}"
+                names[name] = names.get(name, 0) + 1
+        if names != seen:
+            seen, steady_since = names, time.monotonic()
+        elif names and time.monotonic() - steady_since > 6:  # past every exporter's 5 s batch
+            return names
         time.sleep(0.5)
-    return max(seen, 0)
+    return seen
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -397,7 +403,9 @@ def framework_with_and_without_tracing(b: Bench) -> None:
                 cpu0 = sum(backend.cpu_times()[:2])
                 ons.append(framework(b, tracing_env))
                 jaeger_cpu += sum(backend.cpu_times()[:2]) - cpu0
-            result["tracing_spans_per_request"] = spans_of(jaeger.query_url, ons[-1]["sample"])
+            names = spans_of(jaeger.query_url, ons[-1]["sample"])
+            result["tracing_spans_per_request"] = sum(names.values())
+            result["tracing_spans_of_one_request"] = dict(sorted(names.items()))
         finally:
             jaeger.stop()
         # Jaeger shares these cores in this run (in production it has its own host).

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -58,6 +59,7 @@ __all__ = [
     "end_send",
     "enter",
     "error_status",
+    "for_many_requests",
     "forced_trace_id",
     "leave",
     "parse_traceparent",
@@ -438,6 +440,24 @@ def leave(span: Span, token: object, error: BaseException | None) -> None:
         span.set_status(error_status(error))
     span.end()
     otel_context.detach(token)  # type: ignore[arg-type]
+
+
+class for_many_requests:
+    """Work done for many requests at once (a group-committed ledger statement) is no
+    one request's call: inside the block no span is current and the maintained
+    instrumentations record nothing (OpenTelemetry's suppress-instrumentation key), so
+    such a call neither lands in the trace of whichever request happened to lead its
+    batch nor costs a span. Its time shows in each waiting request's stage span."""
+
+    __slots__ = ("token",)
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(
+            otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, otel_context.Context())
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self.token)
 
 
 @contextmanager

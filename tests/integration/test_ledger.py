@@ -126,3 +126,62 @@ def test_concurrent_email_claims_have_one_winner_per_outcome(db: str) -> None:
         assert sorted(first[i] for i in range(300) if i % 100 == k) == ["busy", "busy", "send"]
     assert set(again[:100]) == {"sent"}, "a sent email is never claimed again"
     assert set(again[100:]) == {"send"}, "another outcome of the same request is its own email"
+
+
+def test_a_group_committed_statement_is_in_no_request_trace_and_a_request_own_query_is(
+    db: str,
+) -> None:
+    """A batched ledger statement serves every request in its batch: it must not show up
+    as a call of whichever request led the batch (nor cost a span), while a query one
+    request makes for itself (the ingest ledger's) stays a client span under its stage,
+    also after that request waited on a batch."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+    from opentelemetry.trace import SpanKind
+
+    from tests.unit.test_tracing import _install
+    from vividly import tracing
+    from vividly.runtime import telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=telemetry.NoOrphanClients(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _install(provider)
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
+
+    async def one(ledger: PgLedger, mail: NotificationLedger, ingest: IngestLedger, i: int) -> None:
+        rid = f"traced-{uuid.uuid4().hex[:8]}-{i}"
+        with tracing.stage_span(rid, "rag_retrieval", 1):
+            assert await ledger.lookup(rid, "rag_retrieval", 1) is None
+            assert await ledger.cancelled(rid) is False
+            await ledger.record(rid, "rag_retrieval", 1, Recorded("completed", b"{}"))
+            assert await mail.claim(rid, "content_ready", f"<{rid}>", "s@x") == "send"
+            await mail.mark_sent(rid, "content_ready")
+            assert await ingest.first_source(rid, f"src-{i}") == f"src-{i}"
+
+    async def run() -> None:
+        pool = await create_pool(db)
+        try:
+            ledger, mail, ingest = PgLedger(pool), NotificationLedger(pool), IngestLedger(pool)
+            await asyncio.gather(*(one(ledger, mail, ingest, i) for i in range(20)))
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        instrumentor.uninstrument()
+        _install(None)
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    stages = {s.context.span_id: s for s in spans if s.name == "stage rag_retrieval"}
+    clients = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert len(stages) == 20
+    # Only the ingest ledger's own query, once per request, each under its own stage.
+    assert [s.name for s in clients] == ["WITH"] * 20, sorted({s.name for s in clients})
+    parents = [s.parent.span_id for s in clients if s.parent is not None]
+    assert sorted(parents) == sorted(stages)

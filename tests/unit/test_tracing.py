@@ -4,6 +4,7 @@ how the spans chain (one request, one trace); when it is off, nothing changes at
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -119,6 +120,41 @@ def test_settings_the_sdk_refuses_turn_tracing_off_and_say_why(
     assert record.getMessage() == "tracing off: the OTEL_* settings are not usable"
     assert record.__dict__["service"] == "ingest"
     assert record.__dict__["reason"]
+
+
+def test_the_standard_variable_turns_chosen_instrumentations_off() -> None:
+    """``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (OpenTelemetry's own opt-out): the named
+    clients are left unwrapped, the rest instrumented; ``*`` turns every one off. In a
+    child process: an instrumentation, once on, stays on for the process."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, asyncpg, httpx\n"
+        "from vividly.runtime import telemetry\n"
+        "none = telemetry.instrument({'OTEL_PYTHON_DISABLED_INSTRUMENTATIONS': '*'})\n"
+        "wrapped = lambda f: hasattr(f, '__wrapped__')\n"
+        "probe = lambda: [wrapped(asyncpg.connection.Connection.fetch),"
+        " wrapped(httpx.AsyncHTTPTransport.handle_async_request)]\n"
+        "before = probe()\n"
+        "some = telemetry.instrument("
+        "{'OTEL_PYTHON_DISABLED_INSTRUMENTATIONS': ' asyncpg, HTTPX ,'})\n"
+        "after = probe()\n"
+        "rest = telemetry.instrument({})\n"
+        "print(json.dumps([none, before, some, after, probe()]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    none, before, some, after, last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert none == []
+    assert before == [False, False]
+    assert "asyncpg" not in some
+    assert "httpx" not in some
+    assert {"botocore", "aiohttp-client"} <= set(some)
+    assert after == [False, False]
+    assert last == [True, True]  # the same probe sees an instrumented client
+    assert telemetry.disabled_instrumentations({}) == set()
 
 
 def test_a_root_carries_the_request_trace_id_and_links_the_caller(

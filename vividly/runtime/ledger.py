@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
+from vividly import tracing
 from vividly.runtime.stage import Recorded
 
 #: A stage attempt: (request_id, stage, attempt).
@@ -51,6 +52,12 @@ class GroupWriter(Generic[K, V, R]):
         return await fut
 
     async def _drain(self) -> None:
+        # One statement serves every request in the batch: it is no one request's call
+        # (its span would land in the trace of whichever request came first).
+        with tracing.for_many_requests():
+            await self._drain_batches()
+
+    async def _drain_batches(self) -> None:
         try:
             while self._queue:
                 batch = self._queue[: self.max_batch]

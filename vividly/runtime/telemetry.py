@@ -212,7 +212,7 @@ def configure(service: str, env: Mapping[str, str] | None = None) -> bool:
         return False
     trace.set_tracer_provider(provider)
     _configured = provider
-    instrument()
+    instrument(env)
     log.info(
         "tracing on",
         extra={"sampler": provider.sampler.get_description(), "service": service},
@@ -220,10 +220,23 @@ def configure(service: str, env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
-def instrument() -> list[str]:
-    """Turn on the maintained instrumentations installed here; returns their names."""
+def disabled_instrumentations(env: Mapping[str, str] | None = None) -> set[str]:
+    """The instrumentations ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` turns off (the
+    standard variable of OpenTelemetry's Python auto-instrumentation: a comma-separated
+    list of their entry-point names, such as ``asyncpg,botocore``; ``*`` is all)."""
+    env = os.environ if env is None else env
+    raw = env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    return {n.strip().lower() for n in raw.split(",") if n.strip()}
+
+
+def instrument(env: Mapping[str, str] | None = None) -> list[str]:
+    """Turn on the maintained instrumentations installed here, except those the
+    environment turns off; returns their names."""
+    off = disabled_instrumentations(env)
     done: list[str] = []
     for name, load in _INSTRUMENTORS:
+        if name in off or "*" in off:
+            continue
         try:
             instrumentor = load()
         except ImportError:
@@ -279,7 +292,8 @@ def instrument_app(app: Any) -> None:
     """Server spans for the monitoring API (FastAPI's instrumentation), when tracing is on.
     The live stream and the scrape endpoints are left out: a span per SSE connection
     lasts as long as the connection, and Prometheus scrapes are no one's request."""
-    if _configured is None:
+    off = disabled_instrumentations()
+    if _configured is None or "fastapi" in off or "*" in off:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
