@@ -4,6 +4,8 @@ to be left waiting on a queue nothing would ever fill again)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -100,3 +102,68 @@ def test_an_admin_whose_scope_is_the_whole_log_is_told_where_live_begins() -> No
         return first
 
     assert "live from seq 987654" in asyncio.run(go())
+
+
+def _run_response(client_leaves: bool) -> tuple[float, bool, float]:
+    """An EventStreamResponse whose second write never completes (the client's socket
+    is full); with ``client_leaves`` the client disconnects meanwhile. Returns the
+    'stuck' closes counted, whether the body iterator was closed, and the seconds taken."""
+    import time
+
+    from services.projector.api.stream import EventStreamResponse
+    from vividly import metrics
+
+    closed = asyncio.Event()
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            for i in range(1, 1000):
+                yield f"id: {i}\ndata: {{}}\n\n"
+        finally:
+            closed.set()
+
+    async def go() -> float:
+        writes = 0
+        blocked = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal writes
+            if message["type"] == "http.response.body":
+                writes += 1
+                if writes >= 2:
+                    blocked.set()
+                    await asyncio.Event().wait()  # never drains
+
+        async def receive() -> dict[str, Any]:
+            if client_leaves:
+                await blocked.wait()
+                return {"type": "http.disconnect"}
+            await asyncio.Event().wait()
+            return {}
+
+        response = EventStreamResponse(body(), send_timeout_s=1.0)
+        started = time.monotonic()
+        # uvicorn's ASGI spec version (2.3): Starlette then listens for the disconnect
+        # in a task group and cancels the write when it comes.
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "GET"}
+        async with asyncio.timeout(10):
+            await response(scope, receive, send)
+        return time.monotonic() - started
+
+    before = metrics.sse_closed.labels("stuck")._value.get()
+    took = asyncio.run(go())
+    return metrics.sse_closed.labels("stuck")._value.get() - before, closed.is_set(), took
+
+
+def test_a_client_that_leaves_during_a_blocked_write_is_a_disconnect_not_stuck() -> None:
+    stuck, closed, took = _run_response(client_leaves=True)
+    assert stuck == 0, "a disconnect was counted as a stuck client"
+    assert closed, "the stream's generator (its subscriber) was not released"
+    assert took < 0.9, f"the disconnect waited for the write deadline ({took:.2f} s)"
+
+
+def test_a_client_that_stops_reading_is_closed_at_the_write_deadline() -> None:
+    stuck, closed, took = _run_response(client_leaves=False)
+    assert stuck == 1
+    assert closed
+    assert 0.9 <= took < 5
