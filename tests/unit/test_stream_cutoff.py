@@ -4,7 +4,7 @@ to be left waiting on a queue nothing would ever fill again)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -126,7 +126,7 @@ def _run_response(client_leaves: bool) -> tuple[float, bool, float]:
         writes = 0
         blocked = asyncio.Event()
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             nonlocal writes
             if message["type"] == "http.response.body":
                 writes += 1
