@@ -366,8 +366,12 @@ def load_gen(bootstrap: str, rate: float, seconds: float) -> None:
             )
             sent += 1
         time.sleep(0.005)
+    ran = time.monotonic() - started
     pub.close(30)
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - started}), flush=True)
+    # The rate offered over the run, and how long what was still queued took to reach
+    # the broker after it (a long flush: the broker did not keep up with the load).
+    flush = time.monotonic() - started - ran
+    print(json.dumps({"sent": sent, "seconds": ran, "flush_s": flush}), flush=True)
 
 
 def measure_ryw(
@@ -424,6 +428,7 @@ def measure_ryw(
         "acked_p50_ms": round(statistics.median(acked), 1),
         "acked_p95_ms": round(pct(acked, 0.95), 1),
         "load_events_per_s": round(load["sent"] / load["seconds"], 1),
+        "load_flush_s": round(load["flush_s"], 2),
     }
 
 
