@@ -168,6 +168,8 @@ def test_a_bulk_retry_from_the_dashboard_confirms_the_count_and_a_sample_first(
         page.get_by_test_id("since-filter").select_option("3600")
         page.get_by_test_id("filter").click()
         expect(page.get_by_test_id("request-row")).to_have_count(4)
+        # Why each failed: its error, not its stage again (the stage has its own column).
+        expect(page.get_by_test_id("why")).to_have_text(["gemini 503"] * 4)
         page.get_by_test_id("bulk-retry").click()
         confirm = page.get_by_test_id("bulk-confirm")
         expect(confirm).to_be_visible()
