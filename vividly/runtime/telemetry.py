@@ -226,7 +226,10 @@ def disabled_instrumentations(env: Mapping[str, str] | None = None) -> set[str]:
     list of their entry-point names, such as ``asyncpg,botocore``; ``*`` is all)."""
     env = os.environ if env is None else env
     raw = env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
-    return {n.strip().lower() for n in raw.split(",") if n.strip()}
+    names = {n.strip().lower() for n in raw.split(",") if n.strip()}
+    if "*" in names:
+        names |= {name for name, _ in _INSTRUMENTORS} | {"fastapi"}
+    return names
 
 
 def instrument(env: Mapping[str, str] | None = None) -> list[str]:
@@ -235,7 +238,7 @@ def instrument(env: Mapping[str, str] | None = None) -> list[str]:
     off = disabled_instrumentations(env)
     done: list[str] = []
     for name, load in _INSTRUMENTORS:
-        if name in off or "*" in off:
+        if name in off:
             continue
         try:
             instrumentor = load()
@@ -292,8 +295,7 @@ def instrument_app(app: Any) -> None:
     """Server spans for the monitoring API (FastAPI's instrumentation), when tracing is on.
     The live stream and the scrape endpoints are left out: a span per SSE connection
     lasts as long as the connection, and Prometheus scrapes are no one's request."""
-    off = disabled_instrumentations()
-    if _configured is None or "fastapi" in off or "*" in off:
+    if _configured is None or "fastapi" in disabled_instrumentations():
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
